@@ -1,0 +1,1 @@
+"""Evaluation: bundled benchmarks, tasks, batched scoring, statistics, plots and reports."""
