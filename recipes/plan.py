@@ -1,0 +1,210 @@
+"""The run plan: which stages run, their content hashes, and atomic stage directories.
+
+Each stage's output lives in ``<run_dir>/<stage>-<hash12>/`` where the hash is the sha256 of
+the canonical JSON of the stage's own config plus the hashes of the upstream stages it reads.
+A stage is written into a hidden temporary sibling and renamed into place only after its
+``stage.json`` marker is written, so an interrupted stage leaves nothing a later run trusts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .schema import STAGES, Recipe
+
+HASH_VERSION = 1
+MARKER = "stage.json"
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def content_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class StagePlan:
+    name: str
+    config: dict
+    upstream: list[str]
+    hash: str = ""
+    active: bool = True
+    """False when the recipe asks nothing of this stage (e.g. no adapter, publish disabled)."""
+    action: str = ""
+    directory: Path | None = None
+    complete: bool = False
+
+    @property
+    def status(self) -> str:
+        if not self.active:
+            return "off"
+        return "skip (complete)" if self.complete else "run"
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    run_dir: Path
+    stages: dict[str, StagePlan] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.stages.values())
+
+    def describe(self) -> str:
+        lines = [f"recipe {self.recipe.name} (seed {self.recipe.seed}) -> {self.run_dir}"]
+        for st in self:
+            where = st.directory.name if (st.active and st.directory) else "-"
+            lines.append(f"  {st.name:<10} {st.hash[:12]:<12} {st.status:<16} {where:<24} {st.action}")
+        return "\n".join(lines)
+
+
+def _uses_cla(recipe: Recipe) -> bool:
+    a = recipe.alignment
+    return a.method != "none" or a.adapter is not None
+
+
+def _steering_active(recipe: Recipe) -> bool:
+    s = recipe.steering
+    return s.load is not None or s.en.enabled or s.loc.enabled
+
+
+def _describe_actions(recipe: Recipe) -> dict[str, str]:
+    m, a, s, e, r, p = (recipe.model, recipe.alignment, recipe.steering, recipe.evaluate,
+                        recipe.report, recipe.publish)
+    if a.adapter:
+        align = f"load adapter {a.adapter}"
+    elif a.method != "none":
+        langs = ",".join(a.languages or [x for x in e.languages if x != "en"])
+        align = f"train {a.method} LoRA r={a.lora_r} ({a.max_steps} steps, lr {a.learning_rate}, {langs})"
+    else:
+        align = "no adapter"
+    if s.load:
+        steer = f"load intervention directory {s.load}"
+    else:
+        parts = []
+        for which in ("en", "loc"):
+            v = getattr(s, which)
+            if v.enabled:
+                parts.append(f"{which.upper()} {s.method} on {v.data} (n={v.n}) layer {v.layer} "
+                             f"coefficient {v.coefficient}")
+        steer = "; ".join(parts) + f" at {s.component} on the {s.compute_on} model"
+    return {
+        "model": f"load {m.name} ({m.dtype}{', ' + m.device if m.device else ''})",
+        "alignment": align,
+        "steering": steer,
+        "evaluate": (f"{len(e.variants)} variants x {len(e.languages)} languages x {len(e.tasks)} tasks "
+                     f"({', '.join(e.variants)} | {', '.join(e.languages)} | {', '.join(e.tasks)}), "
+                     f"split {e.split}, n<={e.n}"),
+        "report": f"write {', '.join(r.formats)}{' + plots' if r.plots else ''}",
+        "publish": (f"push {', '.join(p.push)} to {p.repo_id} ({'private' if p.private else 'public'})"
+                    if p.enabled else "disabled"),
+    }
+
+
+def stage_configs(recipe: Recipe) -> dict[str, tuple[dict, list[str], bool]]:
+    """Per stage: (its own config, the upstream stages whose hashes it includes, active)."""
+    d = dataclasses.asdict(recipe)
+    e = recipe.evaluate
+    cla_eval = any(v.startswith("cla") for v in e.variants)
+    steer_eval = any("+" in v for v in e.variants)
+    align_cfg = dict(d["alignment"])
+    if align_cfg["seed"] is None:
+        align_cfg["seed"] = recipe.seed
+    if align_cfg["languages"] is None and align_cfg["method"] != "none":
+        align_cfg["languages"] = [x for x in e.languages if x != "en"]
+    steer_cfg = {**d["steering"], "languages": list(e.languages), "seed": recipe.seed}
+    publish_up = ["steering"] + (["alignment"] if "adapter" in recipe.publish.push else []) + (
+        ["report"] if "report" in recipe.publish.push else [])
+    return {
+        "model": (d["model"], [], True),
+        "alignment": (align_cfg, ["model"], _uses_cla(recipe)),
+        "steering": (steer_cfg, ["model"] + (["alignment"] if recipe.steering.compute_on == "cla" else []),
+                     _steering_active(recipe) and (steer_eval or recipe.publish.enabled)),
+        "evaluate": ({**d["evaluate"], "seed": recipe.seed},
+                     ["model"] + (["alignment"] if cla_eval else []) + (["steering"] if steer_eval else []), True),
+        "report": (d["report"], ["evaluate"], recipe.report.enabled),
+        "publish": ({k: v for k, v in d["publish"].items() if k != "token_env"}, publish_up,
+                    recipe.publish.enabled),
+    }
+
+
+def is_complete(directory: Path, expected_hash: str) -> bool:
+    try:
+        meta = json.loads((directory / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("hash") == expected_hash
+
+
+def make_plan(recipe: Recipe, run_dir: Path) -> Plan:
+    """Hash every stage (own config + upstream hashes) and check which are already complete."""
+    plan = Plan(recipe, Path(run_dir))
+    actions = _describe_actions(recipe)
+    for name, (cfg, upstream, active) in stage_configs(recipe).items():
+        upstream = [u for u in upstream if plan.stages[u].active]
+        digest = content_hash({"hash_version": HASH_VERSION, "stage": name, "config": cfg,
+                               "upstream": {u: plan.stages[u].hash for u in upstream}})
+        st = StagePlan(name, cfg, upstream, digest, active, actions[name])
+        st.directory = plan.run_dir / f"{name}-{digest[:12]}"
+        st.complete = active and is_complete(st.directory, digest)
+        plan.stages[name] = st
+    assert tuple(plan.stages) == STAGES
+    return plan
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file via a temporary sibling + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class StageWriter:
+    """``with StageWriter(stage) as out:`` write into ``out``; committed only if the block succeeds."""
+
+    def __init__(self, stage: StagePlan, meta: dict | None = None, commit: bool = True):
+        self.stage = stage
+        self.meta = meta or {}
+        self.commit = commit
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        final = self.stage.directory
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None and self.commit:
+                marker = {"stage": self.stage.name, "hash": self.stage.hash, "config": self.stage.config,
+                          "upstream": self.stage.upstream, **self.meta}
+                (self.tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+                final = self.stage.directory
+                if final.exists():  # --force, or a stale incomplete directory: move aside, then delete
+                    trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+                    os.replace(final, trash / "old")
+                    shutil.rmtree(trash, ignore_errors=True)
+                os.replace(self.tmp, final)
+                self.stage.complete = True
+        finally:
+            if self.tmp is not None and self.tmp.exists():
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        return False

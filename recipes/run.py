@@ -1,0 +1,121 @@
+"""``python -m recipes.run RECIPE`` -- run a recipe (a file path or a shipped name such as ``surgical``).
+
+    python -m recipes.run surgical --dry-run
+    python -m recipes.run surgical --set steering.loc.layer=14 --set evaluate.n=20
+    python -m recipes.run my.yaml --out runs/mine --force evaluate
+    accelerate launch -m recipes.run surgical      # evaluation split across processes
+
+Exit codes: 0 done, 2 bad recipe (one message naming the field; nothing written), 1 a stage failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from .plan import Plan, StageWriter, atomic_write_text, make_plan
+from .schema import STAGES, RecipeError
+from .validate import load_recipe
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "pyvene", "accelerate", "huggingface_hub", "datasets")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m recipes.run", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. surgical)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field, e.g. --set steering.loc.layer=14 (value parsed as YAML)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate everything and print the plan without loading a model")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    parser.add_argument("--force", action="append", default=[], choices=STAGES + ("all",), metavar="STAGE",
+                        help=f"redo this stage even if complete (one of {', '.join(STAGES)}, all); repeatable")
+    return parser
+
+
+def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]:
+    """Parse arguments, load + validate the recipe and make the plan (writes nothing)."""
+    args = build_parser().parse_args(argv)
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = Path(args.out).expanduser() if args.out else Path("runs") / recipe.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecipeError("--out", f"expected a directory, got an existing file: {run_dir}")
+    plan = make_plan(recipe, run_dir)
+    forced = set(STAGES) if "all" in args.force else set(args.force)
+    for stage in plan:
+        if stage.name in forced and stage.active:
+            stage.complete = False
+    return args, plan
+
+
+def execute(plan: Plan) -> None:
+    """Run every active, incomplete stage in order; each one commits atomically."""
+    from .distributed import is_main_process, partial_state, wait_for_everyone
+    from .stages import STAGE_FUNCTIONS, RunContext
+
+    state = partial_state()
+    main = is_main_process(state)
+    ctx = RunContext(plan.recipe, plan, state)
+    env = versions()
+    for stage in plan:
+        if not stage.active:
+            continue
+        if stage.complete:
+            if main:
+                print(f"[{stage.name}] complete: {stage.directory}", flush=True)
+            continue
+        if main:
+            print(f"[{stage.name}] {stage.action}", flush=True)
+        meta: dict = {"versions": env, "seed": plan.recipe.seed}
+        with StageWriter(stage, meta, commit=main) as out:
+            meta["result"] = STAGE_FUNCTIONS[stage.name](ctx, stage, out) or {}
+        wait_for_everyone(state)
+        stage.complete = True
+        if main:
+            print(f"[{stage.name}] done: {stage.directory}", flush=True)
+    if main:
+        resolved = yaml.safe_dump(plan.recipe.to_dict(), sort_keys=False, allow_unicode=True)
+        atomic_write_text(plan.run_dir / "recipe.yaml", resolved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, plan = prepare(argv)
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    from .stages import StageUnavailable
+
+    try:
+        execute(plan)
+    except RecipeError as err:  # checks deferred to load time (e.g. layers of an uncached Hub model)
+        err.file = err.file or args.recipe
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except StageUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

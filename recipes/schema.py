@@ -1,0 +1,355 @@
+"""The recipe: one YAML file mapped onto one config dataclass per stage (TRL style).
+
+``load_recipe(path, overrides)`` reads the YAML, applies ``--set a.b=value`` overrides, converts
+every section into its dataclass with strict type checks, and validates the whole recipe
+(cross-field rules, files, Hub ids, layers against the model's known depth) without importing
+torch or loading a model. Anything wrong raises one :class:`RecipeError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+LANGUAGES = ("en", "ar", "es", "id", "ko", "zh", "el", "fa", "am")
+TASKS = ("global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe")
+VARIANTS = ("base", "cla", "base+en", "base+loc", "base+surgical", "cla+en", "cla+loc", "cla+surgical")
+METHODS = ("none", "multilingual_sft", "midalign", "clo")
+COMPONENTS = ("block_input", "block_output", "attention_output", "mlp_output")
+CONTRAST_DATA = ("flores",) + TASKS
+"""Named contrast sets for steering vectors (anything else must be an existing file)."""
+
+Language = Literal["en", "ar", "es", "id", "ko", "zh", "el", "fa", "am"]
+Task = Literal["global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe"]
+Variant = Literal["base", "cla", "base+en", "base+loc", "base+surgical", "cla+en", "cla+loc", "cla+surgical"]
+Auto = Literal["auto"]
+
+
+class RecipeError(ValueError):
+    """A recipe problem: ``field`` is the dotted path (``steering.loc.layer``), ``file`` the recipe."""
+
+    def __init__(self, field: str, message: str, file: str | None = None):
+        self.field = field
+        self.message = message
+        self.file = file
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.field}: {self.message}"
+
+
+# ---------------------------------------------------------------- stage configs
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gemma-3-270m"
+    """The embedded ``gemma-3-270m``, a Hub id or a local directory."""
+    revision: Optional[str] = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    device: Optional[str] = None
+    device_map: Optional[str] = None
+
+
+@dataclass
+class AlignmentConfig:
+    method: Literal["none", "multilingual_sft", "midalign", "clo"] = "none"
+    """Train this CLA method (``none``: no adapter unless ``adapter`` loads one)."""
+    adapter: Optional[str] = None
+    """Load this adapter (directory or Hub id) instead of training one."""
+    languages: Optional[list[Language]] = None
+    """Training languages (default: the evaluation languages other than English)."""
+    max_steps: int = 100
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    lora_r: int = 8
+    lora_alpha: int = 16
+    n: int = 512
+    """Training examples per language."""
+    seed: Optional[int] = None
+    """Default: the recipe seed."""
+
+
+@dataclass
+class VectorConfig:
+    enabled: bool = True
+    layer: Union[int, Auto] = "auto"
+    coefficient: Union[float, Auto] = "auto"
+    data: str = "flores"
+    """Contrast data: flores, a task name, or a file."""
+    n: int = 64
+    """Contrast prompts per language."""
+    positions: Literal["all", "prompt", "generated", "last"] = "all"
+
+
+@dataclass
+class SteeringConfig:
+    load: Optional[str] = None
+    """Load an intervention directory (path or Hub id) instead of computing vectors."""
+    component: Literal["block_input", "block_output", "attention_output", "mlp_output"] = "block_output"
+    method: Literal["mean_difference", "pca"] = "mean_difference"
+    en: VectorConfig = field(default_factory=VectorConfig)
+    loc: VectorConfig = field(default_factory=lambda: VectorConfig(data="blend"))
+    layers: Optional[list[int]] = None
+    """Layer grid for ``layer: auto`` (default: every layer)."""
+    coefficients: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    """Coefficient grid for ``coefficient: auto``."""
+    tolerance: float = 0.01
+    """Selection: the largest drop of the other score a chosen (layer, coefficient) may cost."""
+    compute_on: Literal["base", "cla"] = "base"
+    """Compute vectors on the base model or on the aligned (CLA) model."""
+
+
+@dataclass
+class EvaluateConfig:
+    tasks: list[Task] = field(default_factory=lambda: ["global_mmlu_cloze", "blend"])
+    languages: list[Language] = field(default_factory=lambda: ["ar", "es", "id", "ko", "zh"])
+    variants: list[Variant] = field(default_factory=lambda: ["base", "cla", "cla+en", "cla+loc", "cla+surgical"])
+    split: Literal["test", "extract", "all"] = "test"
+    n: Optional[int] = 50
+    """Max items per task x language (null: all)."""
+    batch_size: int = 8
+    bootstrap: int = 1000
+    """Bootstrap resamples for confidence intervals."""
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True
+    formats: list[Literal["md", "json", "csv"]] = field(default_factory=lambda: ["md", "json"])
+    plots: bool = True
+    title: Optional[str] = None
+
+
+@dataclass
+class PublishConfig:
+    enabled: bool = False
+    repo_id: Optional[str] = None
+    private: bool = True
+    push: list[Literal["intervention", "adapter", "report"]] = field(
+        default_factory=lambda: ["intervention", "report"])
+    token_env: str = "HF_TOKEN"
+    """The token is read from this environment variable, never from the recipe."""
+    commit_message: str = "Upload surgical steering intervention"
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    description: str = ""
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+STAGES = ("model", "alignment", "steering", "evaluate", "report", "publish")
+
+# ---------------------------------------------------------------- conversion
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an int"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        parts = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        if type(None) in typing.get_args(tp):
+            parts.append("null")
+        return " or ".join(parts)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, arg, path)
+            except RecipeError as err:
+                errors.append(err)
+        raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if isinstance(value, str) and value in allowed:
+            return value
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RecipeError(path, f"expected one of {', '.join(repr(a) for a in allowed)}, "
+                                f"got {_describe(value)}{hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise RecipeError(path, f"expected a finite number, got {_describe(value)}")
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema bug
+        raise TypeError(f"unsupported schema type {tp!r} at {path}")
+    raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+
+
+def _build(cls: type, data: Any, path: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(path or "recipe", f"expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if not isinstance(key, str):
+            hint = (" (YAML reads unquoted on/off/yes/no/true/false as booleans; quote the key)"
+                    if isinstance(key, bool) else "")
+            raise RecipeError(where, f"keys must be strings, got {_describe(key)}{hint}")
+        if key == "token" and cls is PublishConfig:
+            raise RecipeError(where, "never put a token in a recipe; it is read from the environment "
+                                     "variable named by publish.token_env (default HF_TOKEN)")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise RecipeError(where, f"unknown key{hint}")
+        kwargs[key] = _convert(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: Any, *, name: str | None = None) -> Recipe:
+    """Convert a parsed mapping into a :class:`Recipe` (types only; see ``validate_recipe``)."""
+    if isinstance(data, dict) and "name" not in data and name is not None:
+        data = {**data, "name": name}
+    return _build(Recipe, data, "")
+
+
+# ---------------------------------------------------------------- YAML + overrides
+
+
+def parse_yaml(text: str, file: str = "<recipe>") -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        raise RecipeError(line, f"invalid YAML: {err.problem or err.context}", file) from None
+    except yaml.YAMLError as err:
+        raise RecipeError("YAML", f"invalid YAML: {err}", file) from None
+    except RecursionError:
+        raise RecipeError("YAML", "nesting too deep", file) from None
+
+
+def _known_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def apply_override(data: dict, assignment: str) -> dict:
+    """Apply ``a.b.c=value`` (value parsed as YAML, so ``14`` is an int) to a raw recipe mapping."""
+    if "=" not in assignment:
+        raise RecipeError("--set", f"expected KEY=VALUE (e.g. steering.loc.layer=14), got {assignment!r}")
+    key, _, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise RecipeError("--set", f"expected a dotted key such as steering.loc.layer, got {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError):
+        value = raw
+    cls: Any = Recipe
+    node = data
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if cls is None or not dataclasses.is_dataclass(cls):
+            raise RecipeError(where, "is not a section; cannot set a key inside it")
+        names = _known_keys(cls)
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise RecipeError(where, f"unknown key{hint}")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(where, f"expected a mapping, got {_describe(child)}")
+            node = child
+            tp = typing.get_type_hints(cls)[part]
+            cls = tp if dataclasses.is_dataclass(tp) else None
+    return data
+
+
+def read_recipe_data(path: Path, overrides: list[str] = ()) -> dict:
+    """The raw mapping of a recipe file with overrides applied (errors name the file)."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("recipe", f"no such recipe file: {file}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError("recipe", f"cannot read {file}: {err}") from None
+    data = parse_yaml(text, file)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError("recipe", f"expected a mapping of sections at the top level, got {_describe(data)}",
+                          file)
+    try:
+        for assignment in overrides:
+            apply_override(data, assignment)
+    except RecipeError as err:
+        err.file = err.file or file
+        raise
+    return data

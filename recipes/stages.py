@@ -1,0 +1,240 @@
+"""Stage functions: each gets the run context, its plan entry and a fresh (temporary) output dir.
+
+Heavy modules are imported inside the functions, so ``--dry-run`` never imports torch. A stage
+whose library code is not available raises :class:`StageUnavailable` naming the module it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from .plan import Plan, StagePlan
+from .schema import Recipe
+from .validate import check_layers, looks_like_path
+
+
+class StageUnavailable(RuntimeError):
+    """The library code a stage needs is missing (``stage X requires module Y``)."""
+
+
+def _require(stage: str, module: str, attr: str | None = None):
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            raise StageUnavailable(f"stage {stage} requires module {module} (not available: {err})") from None
+        raise
+    if attr is not None:
+        if not hasattr(mod, attr):
+            raise StageUnavailable(f"stage {stage} requires {module}.{attr} (module has no such attribute)")
+        return getattr(mod, attr)
+    return mod
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+
+
+class RunContext:
+    """What stages share: the recipe, the plan, the accelerate state and the lazily loaded model."""
+
+    def __init__(self, recipe: Recipe, plan: Plan, state=None):
+        self.recipe = recipe
+        self.plan = plan
+        self.state = state
+        self._model = None
+        self._tokenizer = None
+        self._adapter_model = None
+
+    def seed(self, offset: int = 0) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        random.seed(self.recipe.seed + offset)
+        np.random.seed(self.recipe.seed + offset)
+        torch.manual_seed(self.recipe.seed + offset)
+
+    @property
+    def model(self):
+        if self._model is None:
+            from interventions.models import load_model
+
+            m = self.recipe.model
+            self._model = load_model(m.name, dtype=m.dtype, device=m.device, device_map=m.device_map,
+                                     revision=m.revision)
+        return self._model
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from interventions.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.recipe.model.name, revision=self.recipe.model.revision)
+        return self._tokenizer
+
+    def output(self, stage: str) -> Path | None:
+        """The committed directory of an upstream stage (None when the stage is off)."""
+        st = self.plan.stages[stage]
+        return st.directory if st.active else None
+
+    def adapter_source(self) -> str | None:
+        """Where the alignment adapter lives: the trained/copied directory or a Hub id."""
+        out = self.output("alignment")
+        if out is None:
+            return None
+        info = json.loads((out / "adapter.json").read_text())
+        return str(out / "adapter") if info.get("local") else info["source"]
+
+    def aligned_model(self):
+        """The base model with the alignment adapter loaded on top (unmerged), cached."""
+        if self._adapter_model is None:
+            source = self.adapter_source()
+            if source is None:
+                raise RuntimeError("no alignment adapter in this recipe")
+            load_adapter = _require("alignment", "alignment.adapters", "load_adapter")
+            self._adapter_model = load_adapter(self.model, source)
+        return self._adapter_model
+
+
+def _model_shape(model) -> tuple[int, int, str]:
+    try:
+        from interventions.components import hidden_size, num_layers
+
+        return num_layers(model), hidden_size(model), model.config.model_type
+    except ImportError:
+        cfg = getattr(model.config, "text_config", None) or model.config
+        return cfg.num_hidden_layers, cfg.hidden_size, model.config.model_type
+
+
+def run_model(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    layers, hidden, model_type = _model_shape(ctx.model)
+    check_layers(ctx.recipe, layers)  # deferred check for models unknown at validation time
+    info = {"name_or_path": ctx.recipe.model.name, "model_type": model_type, "num_hidden_layers": layers,
+            "hidden_size": hidden, "dtype": ctx.recipe.model.dtype, "revision": ctx.recipe.model.revision}
+    write_json(out / "model.json", info)
+    return {"model": info}
+
+
+def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    a = ctx.recipe.alignment
+    if a.adapter is not None:
+        local = looks_like_path(a.adapter)
+        if local:
+            shutil.copytree(Path(a.adapter).expanduser(), out / "adapter",
+                            ignore=shutil.ignore_patterns("checkpoints"))
+        write_json(out / "adapter.json", {"source": a.adapter, "local": local, "trained": False})
+        return {"adapter": a.adapter}
+    config_for = _require("alignment (train)", "alignment.config", "config_for")
+    train = _require("alignment (train)", "alignment.train", "train")
+    cfg = stage.config
+    config = config_for(a.method, model=ctx.recipe.model.name, languages=cfg["languages"],
+                        max_steps=a.max_steps, learning_rate=a.learning_rate, batch_size=a.batch_size,
+                        lora_r=a.lora_r, lora_alpha=a.lora_alpha, max_sentences=a.n, seed=cfg["seed"])
+    ctx.seed()
+    train(config, output_dir=out / "adapter")
+    write_json(out / "adapter.json", {"source": str(stage.directory / "adapter"), "local": True, "trained": True,
+                                      "method": a.method})
+    return {"adapter": "trained", "method": a.method}
+
+
+def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    s = ctx.recipe.steering
+    config_cls = _require("steering", "interventions.config", "InterventionConfig")
+    if s.load is not None:
+        config = config_cls.from_pretrained(s.load)
+        if looks_like_path(s.load):
+            shutil.copytree(Path(s.load).expanduser(), out / "intervention")
+        else:
+            config.save_pretrained(out / "intervention")
+        write_json(out / "steering.json", {"source": s.load, "computed": False})
+        return {"source": s.load}
+    build = _require("steering (compute + select)", "interventions.sweep", "build_intervention_config")
+    ctx.seed()
+    model = ctx.aligned_model() if s.compute_on == "cla" else ctx.model
+    config, selection = build(model, ctx.tokenizer, stage.config)
+    config.save_pretrained(out / "intervention")
+    write_json(out / "steering.json", {"computed": True, "selection": selection})
+    return {"selection": selection}
+
+
+def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    evaluate_plane = _require("evaluate", "evaluate.plane", "evaluate_plane")
+    from .distributed import distributed_map
+
+    e = ctx.recipe.evaluate
+    steering = ctx.output("steering")
+    ctx.seed()
+    result = evaluate_plane(
+        ctx.model, ctx.tokenizer, tasks=e.tasks, languages=e.languages, variants=e.variants, split=e.split,
+        n=e.n, batch_size=e.batch_size, bootstrap=e.bootstrap, seed=ctx.recipe.seed,
+        adapter=ctx.adapter_source(), interventions=str(steering / "intervention") if steering else None,
+        map_fn=distributed_map, output_dir=out)
+    return {"summary": result if isinstance(result, dict) else None}
+
+
+def run_report(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    write_report = _require("report", "evaluate.report", "write_report")
+    r = ctx.recipe.report
+    write_report(ctx.output("evaluate"), out, formats=r.formats, plots=r.plots,
+                 title=r.title or ctx.recipe.description or ctx.recipe.name)
+    return {}
+
+
+def publish_folders(ctx: RunContext) -> list[tuple[Path, str]]:
+    """(local folder, path in repo) pairs that ``publish`` uploads, per ``publish.push``."""
+    p = ctx.recipe.publish
+    folders: list[tuple[Path, str]] = []
+    if "intervention" in p.push:
+        steering = ctx.output("steering")
+        if steering is None or not (steering / "intervention").is_dir():
+            raise RuntimeError("publish: no intervention directory was produced by the steering stage")
+        folders.append((steering / "intervention", ""))
+    if "adapter" in p.push:
+        source = ctx.adapter_source()
+        if source is None or not Path(source).is_dir():
+            raise RuntimeError(f"publish: the adapter is not a local directory ({source}); push it from its "
+                               "own Hub repo instead")
+        folders.append((Path(source), "adapter"))
+    return folders
+
+
+def run_publish(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    from huggingface_hub import HfApi
+
+    p = ctx.recipe.publish
+    token = os.environ.get(p.token_env) or None
+    api = HfApi(token=token)
+    folders = publish_folders(ctx)
+    card = None
+    if "report" in p.push:
+        report = ctx.output("report")
+        cards = sorted(report.glob("*.md")) if report else []
+        if not cards:
+            raise RuntimeError("publish: 'report' in publish.push but the report stage wrote no .md file")
+        card = cards[0]
+    url = api.create_repo(p.repo_id, private=p.private, exist_ok=True)
+    commits = []
+    for folder, in_repo in folders:
+        info = api.upload_folder(folder_path=str(folder), path_in_repo=in_repo or None, repo_id=p.repo_id,
+                                 commit_message=p.commit_message, ignore_patterns=["checkpoints/*"])
+        commits.append(str(getattr(info, "commit_url", info)))
+    if card is not None:
+        info = api.upload_file(path_or_fileobj=str(card), path_in_repo="README.md", repo_id=p.repo_id,
+                               commit_message=p.commit_message)
+        commits.append(str(getattr(info, "commit_url", info)))
+    record = {"repo_id": p.repo_id, "url": str(url), "commits": commits}
+    write_json(out / "publish.json", record)
+    return record
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext, StagePlan, Path], dict]] = {
+    "model": run_model, "alignment": run_alignment, "steering": run_steering,
+    "evaluate": run_evaluate, "report": run_report, "publish": run_publish,
+}

@@ -1,0 +1,257 @@
+"""Whole-recipe validation without loading a model, and recipe lookup by bare name.
+
+Model-dependent checks (layers in range) use the model's depth from, in order: a small table of
+known configs (the embedded gemma-3-270m and the shipped GPU recipes' models), ``config.json`` in
+a local model directory, or ``config.json`` in the local Hugging Face cache. When none is
+available the check is deferred to load time (:func:`check_layers`, same message).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schema import LANGUAGES, CONTRAST_DATA, Recipe, RecipeError, read_recipe_data, recipe_from_dict
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    hidden_size: int
+    source: str
+
+
+KNOWN_MODELS = {
+    "gemma-3-270m": ModelShape(18, 640, "embedded"),
+    "google/gemma-3-270m": ModelShape(18, 640, "embedded"),
+    "google/gemma-3-12b-it": ModelShape(48, 3840, "known config"),
+    "Qwen/Qwen2.5-7B-Instruct": ModelShape(28, 3584, "known config"),
+    "meta-llama/Llama-3.1-8B-Instruct": ModelShape(32, 4096, "known config"),
+}
+
+
+def looks_like_path(value: str) -> bool:
+    """A local path (as opposed to a Hub id): explicit prefix, existing, or more than one slash."""
+    return (value.startswith(("/", "./", "../", "~", "\\")) or value in (".", "..")
+            or value.count("/") > 1 or os.path.exists(os.path.expanduser(value)))
+
+
+def check_hub_id_or_path(value: str, field: str, *, must_contain: str | None = None) -> str:
+    """Check ``value`` is an existing directory (holding ``must_contain``) or a valid Hub id."""
+    if not value.strip():
+        raise RecipeError(field, "expected a local directory or a Hub id (owner/name), got an empty string")
+    if looks_like_path(value):
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise RecipeError(field, f"no such file or directory: {value}")
+        if not path.is_dir():
+            raise RecipeError(field, f"expected a directory, got a file: {value}")
+        if must_contain and not (path / must_contain).is_file():
+            raise RecipeError(field, f"directory {value} has no {must_contain}")
+        return "path"
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        raise RecipeError(field, f"not an existing directory nor a valid Hub id ({err})") from None
+    return "hub"
+
+
+def _shape_from_config(cfg: dict, source: str) -> ModelShape | None:
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    layers = text.get("num_hidden_layers", text.get("n_layer"))
+    hidden = text.get("hidden_size", text.get("n_embd"))
+    if isinstance(layers, int) and isinstance(hidden, int):
+        return ModelShape(layers, hidden, source)
+    return None
+
+
+def model_shape(name: str, revision: str | None = None) -> ModelShape | None:
+    """Depth and width of a model without loading it, or None when unknown offline."""
+    if name in KNOWN_MODELS:
+        return KNOWN_MODELS[name]
+    candidates = []
+    if looks_like_path(name):
+        candidates.append(Path(name).expanduser() / "config.json")
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json", revision=revision)
+            if isinstance(cached, str):
+                candidates.append(Path(cached))
+        except Exception:  # noqa: BLE001 - an unusable cache only defers the check
+            pass
+    for path in candidates:
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict):
+            shape = _shape_from_config(cfg, str(path))
+            if shape:
+                return shape
+    return None
+
+
+def check_layers(recipe: Recipe, num_layers: int) -> None:
+    """Every layer the recipe names must lie in [0, num_layers - 1] (also called at load time)."""
+    top = num_layers - 1
+    steering = recipe.steering
+    if steering.load is None:
+        for which in ("en", "loc"):
+            vec = getattr(steering, which)
+            if vec.enabled and vec.layer != "auto" and not 0 <= vec.layer <= top:
+                raise RecipeError(f"steering.{which}.layer",
+                                  f'expected an int in [0, {top}] or "auto", got {vec.layer}')
+        for i, layer in enumerate(steering.layers or []):
+            if not 0 <= layer <= top:
+                raise RecipeError(f"steering.layers[{i}]", f"expected an int in [0, {top}], got {layer}")
+
+
+def _positive(value, field: str, *, zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not zero)):
+        raise RecipeError(field, f"expected a {'non-negative' if zero else 'positive'} number, got {value}")
+
+
+def validate_recipe(recipe: Recipe) -> Recipe:
+    """Cross-field rules, files and Hub ids, and layer ranges where the model's depth is known."""
+    m, a, s, e, p = recipe.model, recipe.alignment, recipe.steering, recipe.evaluate, recipe.publish
+    if not recipe.name or "/" in recipe.name or recipe.name.startswith("."):
+        raise RecipeError("name", f"expected a plain run name (no '/', not starting with '.'), got {recipe.name!r}")
+    if recipe.seed < 0:
+        raise RecipeError("seed", f"expected a non-negative int, got {recipe.seed}")
+    if m.name not in KNOWN_MODELS:
+        check_hub_id_or_path(m.name, "model.name", must_contain="config.json")
+    if m.device is not None and m.device_map is not None:
+        raise RecipeError("model.device_map", "give model.device or model.device_map, not both")
+
+    # alignment
+    if a.adapter is not None:
+        if a.method != "none":
+            raise RecipeError("alignment.adapter",
+                              f"give either alignment.method (train {a.method}) or alignment.adapter (load), not both")
+        check_hub_id_or_path(a.adapter, "alignment.adapter", must_contain="adapter_config.json")
+    for name in ("max_steps", "batch_size", "lora_r", "lora_alpha", "n"):
+        _positive(getattr(a, name), f"alignment.{name}")
+    _positive(a.learning_rate, "alignment.learning_rate")
+    if a.seed is not None and a.seed < 0:
+        raise RecipeError("alignment.seed", f"expected a non-negative int, got {a.seed}")
+    if a.languages is not None and not a.languages:
+        raise RecipeError("alignment.languages", "expected at least one language")
+    has_cla = a.method != "none" or a.adapter is not None
+
+    # steering
+    if s.load is not None:
+        check_hub_id_or_path(s.load, "steering.load", must_contain="intervention_config.json")
+    else:
+        for which in ("en", "loc"):
+            vec = getattr(s, which)
+            if not vec.enabled:
+                continue
+            _positive(vec.n, f"steering.{which}.n")
+            if vec.coefficient != "auto" and vec.coefficient == 0:
+                raise RecipeError(f"steering.{which}.coefficient", "expected a non-zero number or \"auto\", got 0")
+            if vec.data not in CONTRAST_DATA:
+                path = Path(vec.data).expanduser()
+                if not looks_like_path(vec.data) and not path.suffix:
+                    raise RecipeError(f"steering.{which}.data",
+                                      f"expected one of {', '.join(CONTRAST_DATA)} or a file, got {vec.data!r}")
+                if not path.is_file():
+                    raise RecipeError(f"steering.{which}.data", f"no such file: {vec.data}")
+            if vec.layer == "auto" and s.layers is not None and not s.layers:
+                raise RecipeError("steering.layers", f"steering.{which}.layer is \"auto\": expected a non-empty grid")
+            if vec.coefficient == "auto" and not s.coefficients:
+                raise RecipeError("steering.coefficients",
+                                  f"steering.{which}.coefficient is \"auto\": expected a non-empty grid")
+        for i, c in enumerate(s.coefficients):
+            if c == 0:
+                raise RecipeError(f"steering.coefficients[{i}]", "expected a non-zero number, got 0")
+        if s.compute_on == "cla" and not has_cla:
+            raise RecipeError("steering.compute_on", "\"cla\" needs an adapter: set alignment.method or alignment.adapter")
+    _positive(s.tolerance, "steering.tolerance", zero=True)
+    has = {"en": s.load is not None or s.en.enabled, "loc": s.load is not None or s.loc.enabled}
+
+    # evaluate
+    for name in ("tasks", "languages", "variants"):
+        values = getattr(e, name)
+        if not values:
+            raise RecipeError(f"evaluate.{name}", "expected at least one entry")
+        if len(set(values)) != len(values):
+            raise RecipeError(f"evaluate.{name}", f"duplicate entries in {values}")
+    for i, variant in enumerate(e.variants):
+        base, _, steer = variant.partition("+")
+        if base == "cla" and not has_cla:
+            raise RecipeError(f"evaluate.variants[{i}]",
+                              f"{variant!r} needs an adapter: set alignment.method or alignment.adapter")
+        needs = {"en": ["en"], "loc": ["loc"], "surgical": ["en", "loc"], "": []}[steer]
+        for which in needs:
+            if not has[which]:
+                raise RecipeError(f"evaluate.variants[{i}]",
+                                  f"{variant!r} needs the {which.upper()} vector: steering.{which}.enabled is false")
+    _positive(e.n, "evaluate.n")
+    _positive(e.batch_size, "evaluate.batch_size")
+    _positive(e.bootstrap, "evaluate.bootstrap", zero=True)
+    if s.load is None and s.loc.enabled and not [x for x in e.languages if x != "en"]:
+        raise RecipeError("evaluate.languages", "LOC vectors need at least one language other than en")
+
+    # publish
+    if p.enabled:
+        if not p.repo_id:
+            raise RecipeError("publish.repo_id", "publish.enabled is true: expected a Hub repo id (owner/name)")
+        if "adapter" in p.push and not has_cla:
+            raise RecipeError("publish.push", "'adapter' needs an adapter: set alignment.method or alignment.adapter")
+    if p.repo_id is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(p.repo_id)
+        except HFValidationError as err:
+            raise RecipeError("publish.repo_id", f"not a valid Hub repo id: {err}") from None
+    if not p.token_env.strip():
+        raise RecipeError("publish.token_env", "expected an environment variable name")
+
+    shape = model_shape(m.name, m.revision)
+    if shape is not None:
+        check_layers(recipe, shape.num_layers)
+    return recipe
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A path to a recipe file, or a bare name (``surgical`` / ``surgical.yaml``) among the shipped ones."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if path.name == name_or_path:  # bare name
+        for candidate in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml",
+                          CONFIG_DIR / f"{name_or_path}.yml"):
+            if candidate.is_file():
+                return candidate
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise RecipeError("recipe", f"no such recipe file or shipped recipe: {name_or_path!r} (shipped: {shipped})")
+
+
+def shipped_recipes() -> list[Path]:
+    return sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Find, read, override, convert and validate a recipe; every problem is one RecipeError."""
+    path = find_recipe(str(name_or_path))
+    data = read_recipe_data(path, list(overrides))
+    try:
+        return validate_recipe(recipe_from_dict(data, name=path.stem))
+    except RecipeError as err:
+        err.file = err.file or str(path)
+        raise
+    except RecursionError:
+        raise RecipeError("recipe", "nesting too deep", str(path)) from None
+
+
+__all__ = ["LANGUAGES", "KNOWN_MODELS", "ModelShape", "check_layers", "find_recipe", "load_recipe",
+           "model_shape", "shipped_recipes", "validate_recipe"]
