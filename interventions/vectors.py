@@ -1,0 +1,457 @@
+"""Steering vectors: one-pass activation collection and the estimators built on it.
+
+Layers are the outputs of the decoder layers (``block_output``: the residual stream after layer
+``l``, ``l = 0 .. L-1``), read with forward hooks on the decoder-layer modules, never from
+``output_hidden_states`` (transformers applies the final norm to its last entry for many models).
+
+Collection runs the decoder stack only (no LM head: the logits of a 262k vocabulary cost more than
+the whole stack of a small model), one forward pass per batch for every layer at once. Each
+example is reduced inside the hook, either at its ``last`` real token or as a padding-aware
+``mean`` over its tokens (special tokens such as ``<bos>`` excluded: the first token's residual
+norm is orders of magnitude larger than the others' and would dominate the mean). Only running
+sums are kept, so memory is O(layers x hidden) (O(layers x hidden^2) for paired PCA), whatever n.
+
+Definitions (used in configs' ``source`` and in the README):
+
+* ``mean_difference[l] = mean_i h_l(positive_i) - mean_j h_l(negative_j)``.
+* ``pca[l]``: first principal component of the paired differences ``d_i = h_l(pos_i) - h_l(neg_i)``
+  (eigenvector of their covariance, centred, with the largest eigenvalue), sign-aligned so that
+  ``pca[l] . mean_difference[l] >= 0``, scaled to the norm of ``mean_difference[l]`` so one
+  coefficient means the same step size for both estimators.
+* ``residual_norm[l]``: mean L2 norm of the residual stream at layer ``l`` over all real,
+  non-special tokens of the collection data (the vectors are added at every position).
+* relative coefficient: ``coefficient = alpha * residual_norm[l] / ||v[l]||``, so the added
+  ``coefficient * v[l]`` has norm ``alpha`` times the typical residual norm at that layer.
+* EN-transfer vector for language L: ``mean h_l(English FLORES dev) - mean h_l(L FLORES dev)`` on the
+  same (parallel) sentences, mean-pooled; added to L inputs it moves them toward English.
+* LOC-cultural vector for language L: ``mean h_l(L prompt with the explicit country cue) -
+  mean h_l(the same L prompt without it)`` on the ``extract`` split of the localization tasks,
+  at the last prompt token; added to cue-less prompts it moves them toward L's culture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+REDUCTIONS = ("last", "mean")
+
+
+# --------------------------------------------------------------------------- model plumbing
+
+def _unwrap(model):
+    try:
+        from interventions.components import unwrap  # the lead's resolver, once it exists
+        return unwrap(model)
+    except ImportError:
+        get_base = getattr(model, "get_base_model", None)  # PeftModel
+        return get_base() if callable(get_base) else model
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The ``nn.ModuleList`` of decoder layers of any HF decoder (PEFT and multimodal wrappers too)."""
+    try:
+        from interventions.components import decoder_layers as _lead_decoder_layers
+        return _lead_decoder_layers(model)
+    except ImportError:
+        pass
+    base = _unwrap(model)
+    n = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+    if n is None:
+        text_config = getattr(getattr(base, "config", None), "text_config", None)
+        n = getattr(text_config, "num_hidden_layers", None)
+    candidates = [(name, m) for name, m in base.named_modules()
+                  if isinstance(m, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks")]
+    for name, m in candidates:
+        if n is None or len(m) == n:
+            return m
+    raise ValueError(f"model: cannot find the decoder layers of {type(base).__name__} "
+                     "(expected an nn.ModuleList named layers/h/blocks)")
+
+
+def decoder_stack(model) -> nn.Module:
+    """The transformer body without the LM head (``model.model`` / ``model.transformer`` ...)."""
+    base = _unwrap(model)
+    prefix = getattr(base, "base_model_prefix", "")
+    stack = getattr(base, prefix, None) if prefix else None
+    return stack if isinstance(stack, nn.Module) else base
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+class _StopForward(Exception):
+    pass
+
+
+def tokenize(tokenizer, texts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
+    """Pad a batch; also return ``token_mask`` (real, non-special tokens) for pooling."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts: expected a sequence of strings")
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, return_special_tokens_mask=True)
+    attention = enc["attention_mask"].bool()
+    token_mask = attention & ~enc["special_tokens_mask"].bool()
+    empty = token_mask.sum(1) == 0  # a text of special tokens only: pool over what is there
+    token_mask[empty] = attention[empty]
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_mask": token_mask}
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def _forward_reduced(model, batch, reduce: str, layers: Sequence[int]):
+    """One forward of the decoder stack; returns reduced [n_layers, B, H] and per-layer token-norm sums."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+    modules = decoder_layers(model)
+    wanted = {l: i for i, l in enumerate(layers)}
+    last_needed = max(layers)
+    attn = batch["attention_mask"]
+    mask = batch["token_mask"]
+    n_tok = mask.sum(1, keepdim=True).clamp(min=1)
+    positions = torch.arange(attn.shape[1], device=attn.device)
+    last_idx = torch.where(attn.bool(), positions, -1).max(1).values
+    reduced: list[torch.Tensor | None] = [None] * len(layers)
+    norm_sum = torch.zeros(len(layers), dtype=torch.float64)
+    norm_sq = torch.zeros(len(layers), dtype=torch.float64)
+
+    def make_hook(layer):
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, (tuple, list)) else output
+            h = h.float()
+            if reduce == "last":
+                r = h[torch.arange(h.shape[0], device=h.device), last_idx]
+            else:  # where() rather than a product: padded rows may hold NaN/inf in some kernels
+                r = torch.where(mask[..., None], h, 0.0).sum(1) / n_tok
+            i = wanted[layer]
+            reduced[i] = r.detach().cpu()
+            norms = torch.where(mask, h.norm(dim=-1), 0.0)
+            norm_sum[i] = norms.sum().double().cpu()
+            norm_sq[i] = norms.pow(2).sum().double().cpu()
+            if layer == last_needed:
+                raise _StopForward
+        return hook
+
+    handles = [modules[l].register_forward_hook(make_hook(l)) for l in layers]
+    # Positions from the mask, as generate() does: a left-padded row then equals the unpadded one.
+    position_ids = (attn.long().cumsum(1) - 1).clamp(min=0)
+    try:
+        with torch.no_grad():
+            decoder_stack(model)(input_ids=batch["input_ids"], attention_mask=attn,
+                                 position_ids=position_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(reduced), norm_sum, norm_sq, int(mask.sum())
+
+
+def _resolve_layers(model, layers) -> list[int]:
+    n = len(decoder_layers(model))
+    if layers is None:
+        return list(range(n))
+    layers = [int(l) for l in layers]
+    bad = [l for l in layers if not 0 <= l < n]
+    if bad or not layers:
+        raise ValueError(f"layers: expected indices in 0..{n - 1}, got {layers}")
+    return layers
+
+
+def iter_reduced(model, tokenizer, texts: Sequence[str], reduce: str = "mean", batch_size: int = 16,
+                 layers: Sequence[int] | None = None, progress: bool = True, desc: str = "collect"
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """Yield ``(reduced [n_layers, B, H], token_norm_sum [n_layers], token_norm_sq [n_layers], n_tokens)``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    layers = _resolve_layers(model, layers)
+    device = _device(model)
+    starts = range(0, len(texts), batch_size)
+    for s in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+        batch = tokenize(tokenizer, texts[s:s + batch_size], device=device)
+        yield _forward_reduced(model, batch, reduce, layers)
+
+
+# --------------------------------------------------------------------------- running statistics
+
+@dataclass
+class ActivationStats:
+    """Per-layer running sums of reduced activations (float64) plus token-level residual norms."""
+
+    layers: list[int]
+    reduce: str
+    sum: torch.Tensor                 # [n_layers, H]
+    count: int = 0                    # examples
+    norm_sum: torch.Tensor = None     # [n_layers] sum of ||reduced example||
+    norm_sq_sum: torch.Tensor = None  # [n_layers]
+    token_norm_sum: torch.Tensor = None  # [n_layers] sum over real tokens of ||h||
+    token_norm_sq_sum: torch.Tensor = None
+    token_count: int = 0
+
+    @classmethod
+    def empty(cls, layers, hidden: int, reduce: str) -> "ActivationStats":
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
+        return cls(list(layers), reduce, z(len(layers), hidden), 0, z(len(layers)), z(len(layers)),
+                   z(len(layers)), z(len(layers)), 0)
+
+    def update(self, reduced: torch.Tensor, tok_norm: torch.Tensor, tok_norm_sq: torch.Tensor, n_tok: int):
+        r = reduced.double()
+        self.sum += r.sum(1)
+        self.count += r.shape[1]
+        norms = r.norm(dim=-1)
+        self.norm_sum += norms.sum(1)
+        self.norm_sq_sum += norms.pow(2).sum(1)
+        self.token_norm_sum += tok_norm
+        self.token_norm_sq_sum += tok_norm_sq
+        self.token_count += n_tok
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self.count == 0:
+            raise ValueError("ActivationStats: no examples were collected")
+        return (self.sum / self.count).float()
+
+    @property
+    def residual_norms(self) -> torch.Tensor:
+        """Mean L2 norm of the residual stream per layer over real tokens: the scale for coefficients."""
+        return (self.token_norm_sum / max(self.token_count, 1)).float()
+
+    @property
+    def example_norms(self) -> torch.Tensor:
+        """Mean L2 norm of the reduced (pooled / last-token) example vectors per layer."""
+        return (self.norm_sum / max(self.count, 1)).float()
+
+
+@dataclass
+class PairedStats:
+    """Running sums of paired differences ``d = h(pos) - h(neg)`` per layer, for :func:`pca`."""
+
+    positive: ActivationStats
+    negative: ActivationStats
+    diff_sum: torch.Tensor    # [n_layers, H]
+    diff_outer: torch.Tensor  # [n_layers, H, H] sum of d d^T
+    count: int = 0
+
+    @property
+    def layers(self) -> list[int]:
+        return self.positive.layers
+
+
+def _probe_hidden(model) -> int:
+    config = _unwrap(model).config
+    size = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
+    if size is None:
+        size = getattr(config, "n_embd", None)
+    if size is None:
+        raise ValueError(f"model.config: no hidden_size on {type(config).__name__}")
+    return int(size)
+
+
+def collect_activations(model, tokenizer, texts: Sequence[str], reduce: str = "last", batch_size: int = 16,
+                        progress: bool = True, layers: Sequence[int] | None = None) -> ActivationStats:
+    """Running per-layer sums of every example's reduced ``block_output`` (one forward per batch)."""
+    if len(texts) == 0:
+        raise ValueError("texts: expected at least one text")
+    layers = _resolve_layers(model, layers)
+    stats = ActivationStats.empty(layers, _probe_hidden(model), reduce)
+    for out in iter_reduced(model, tokenizer, texts, reduce, batch_size, layers, progress):
+        stats.update(*out)
+    return stats
+
+
+def collect_paired(model, tokenizer, positive_texts: Sequence[str], negative_texts: Sequence[str],
+                   reduce: str = "last", batch_size: int = 16, progress: bool = True,
+                   layers: Sequence[int] | None = None) -> PairedStats:
+    """Like :func:`collect_activations` on pairs; also accumulates sum(d) and sum(d d^T) per layer."""
+    if len(positive_texts) != len(negative_texts) or not positive_texts:
+        raise ValueError(f"positive_texts/negative_texts: expected two non-empty lists of equal length, got "
+                         f"{len(positive_texts)} and {len(negative_texts)}")
+    layers = _resolve_layers(model, layers)
+    hidden = _probe_hidden(model)
+    pos = ActivationStats.empty(layers, hidden, reduce)
+    neg = ActivationStats.empty(layers, hidden, reduce)
+    diff_sum = torch.zeros(len(layers), hidden, dtype=torch.float64)
+    diff_outer = torch.zeros(len(layers), hidden, hidden, dtype=torch.float64)
+    pos_iter = iter_reduced(model, tokenizer, positive_texts, reduce, batch_size, layers, progress, "pairs")
+    neg_iter = iter_reduced(model, tokenizer, negative_texts, reduce, batch_size, layers, False)
+    for p, n in zip(pos_iter, neg_iter):
+        pos.update(*p)
+        neg.update(*n)
+        d = (p[0] - n[0]).double()  # [n_layers, B, H]
+        diff_sum += d.sum(1)
+        diff_outer += torch.einsum("lbi,lbj->lij", d, d)
+    return PairedStats(pos, neg, diff_sum, diff_outer, pos.count)
+
+
+def sentence_representations(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | None = None,
+                             pooling: str = "mean", batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+    """Per-example pooled ``block_output`` vectors: ``Tensor[n_layers, n, hidden]`` (float32, CPU)."""
+    if len(texts) == 0:
+        raise ValueError("texts: expected at least one text")
+    parts = [r for r, *_ in iter_reduced(model, tokenizer, texts, pooling, batch_size, layers, progress, "represent")]
+    return torch.cat(parts, dim=1)
+
+
+# --------------------------------------------------------------------------- estimators
+
+def mean_difference(positive: ActivationStats, negative: ActivationStats) -> torch.Tensor:
+    """``mean h(positive) - mean h(negative)`` per layer: ``Tensor[n_layers, hidden]``."""
+    if positive.layers != negative.layers:
+        raise ValueError(f"layers: positive {positive.layers} and negative {negative.layers} differ")
+    return positive.mean - negative.mean
+
+
+def pca(paired: PairedStats, scale: str = "mean_difference") -> torch.Tensor:
+    """First principal component of the paired differences per layer, sign-aligned with their mean.
+
+    ``scale="mean_difference"`` gives each layer's component the norm of that layer's mean
+    difference; ``scale="unit"`` leaves it unit-norm.
+    """
+    if paired.count < 2:
+        raise ValueError(f"pca: needs at least 2 pairs, got {paired.count}")
+    if scale not in ("mean_difference", "unit"):
+        raise ValueError(f"scale: expected 'mean_difference' or 'unit', got {scale!r}")
+    n = paired.count
+    mu = paired.diff_sum / n  # [L, H]
+    cov = paired.diff_outer / n - torch.einsum("li,lj->lij", mu, mu)
+    _, eigvecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    top = eigvecs[..., -1]  # [L, H] unit
+    sign = torch.sign((top * mu).sum(-1, keepdim=True))
+    top = top * torch.where(sign == 0, torch.ones_like(sign), sign)
+    if scale == "mean_difference":
+        top = top * mu.norm(dim=-1, keepdim=True)
+    return top.float()
+
+
+def relative_coefficient(vector: torch.Tensor, residual_norm: float | torch.Tensor, alpha: float) -> float:
+    """``alpha * residual_norm / ||vector||``: the coefficient that adds ``alpha`` x the typical norm."""
+    norm = float(torch.as_tensor(vector).double().norm())
+    if norm == 0.0:
+        raise ValueError("vector: has zero norm; a relative coefficient is undefined")
+    return float(alpha) * float(residual_norm) / norm
+
+
+# --------------------------------------------------------------------------- EN / LOC vectors
+
+@dataclass
+class SteeringVectors:
+    """One estimated direction per layer, the layers' residual norms, and where they came from."""
+
+    name: str
+    vectors: torch.Tensor          # [n_layers, hidden]
+    layers: list[int]
+    residual_norms: torch.Tensor   # [n_layers] mean token norm of the data the vectors came from
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def vector(self, layer: int) -> torch.Tensor:
+        if layer not in self.layers:
+            raise ValueError(f"layer: expected one of {self.layers}, got {layer}")
+        return self.vectors[self.layers.index(layer)]
+
+    def intervention(self, layer: int, coefficient: float | None = None, alpha: float | None = None,
+                     positions: str = "all", name: str | None = None):
+        return steering_vector(self, layer, coefficient=coefficient, alpha=alpha, positions=positions, name=name)
+
+
+def steering_vector(vectors: SteeringVectors, layer: int, coefficient: float | None = None,
+                    alpha: float | None = None, positions: str = "all", name: str | None = None):
+    """An ``AdditiveIntervention`` on ``block_output`` at ``layer``.
+
+    Give either ``coefficient`` (absolute) or ``alpha`` (relative: ``coefficient = alpha *
+    residual_norm[layer] / ||v[layer]||``); the source records both and the norms used.
+    """
+    from interventions.config import AdditiveIntervention
+
+    if (coefficient is None) == (alpha is None):
+        raise ValueError("steering_vector: give exactly one of coefficient= or alpha=")
+    v = vectors.vector(layer)
+    residual_norm = float(vectors.residual_norms[vectors.layers.index(layer)])
+    if alpha is not None:
+        coefficient = relative_coefficient(v, residual_norm, alpha)
+    source = dict(vectors.source, layer=int(layer), vector_norm=float(v.norm()), residual_norm=residual_norm,
+                  alpha=None if alpha is None else float(alpha),
+                  coefficient_definition="coefficient = alpha * residual_norm / vector_norm" if alpha is not None
+                  else "absolute")
+    return AdditiveIntervention(name=name or vectors.name, component="block_output", layer=int(layer),
+                                vector=v.clone(), coefficient=float(coefficient), positions=positions, source=source)
+
+
+def _estimate(paired: PairedStats, method: str) -> torch.Tensor:
+    if method == "mean_difference":
+        return mean_difference(paired.positive, paired.negative)
+    if method == "pca":
+        return pca(paired)
+    raise ValueError(f"method: expected 'mean_difference' or 'pca', got {method!r}")
+
+
+def _residual_norms(paired: PairedStats) -> torch.Tensor:
+    both = paired.positive.token_norm_sum + paired.negative.token_norm_sum
+    return (both / max(paired.positive.token_count + paired.negative.token_count, 1)).float()
+
+
+def en_transfer_vectors(model, tokenizer, language: str, n: int = 256, split: str = "dev", reduce: str = "mean",
+                        method: str = "mean_difference", batch_size: int = 16, progress: bool = True
+                        ) -> SteeringVectors:
+    """v_EN[l] = mean h_l(English) - mean h_l(``language``) over the first ``n`` parallel FLORES sentences."""
+    from evaluate.loaders import load_flores
+
+    if language == "en":
+        raise ValueError("language: the EN-transfer vector needs a non-English language")
+    english, other = load_flores("en", split)[:n], load_flores(language, split)[:n]
+    paired = collect_paired(model, tokenizer, english, other, reduce=reduce, batch_size=batch_size,
+                            progress=progress)
+    source = {"method": method, "vector": "en_transfer", "positive": "en", "negative": language,
+              "data": f"flores200/{split}", "languages": ["en", language], "n_prompts": paired.count,
+              "reduce": reduce, "component": "block_output",
+              "definition": "mean h_l(en) - mean h_l(L), parallel FLORES sentences"}
+    return SteeringVectors(f"en_transfer_{language}", _estimate(paired, method), paired.layers,
+                           _residual_norms(paired), source)
+
+
+def _pair_key(item) -> str:
+    suffix = f"/{item.cue}"
+    return item.id[: -len(suffix)] if item.id.endswith(suffix) else (item.group or item.id)
+
+
+def cue_pairs(items_explicit, items_implicit) -> tuple[list[str], list[str], list[str]]:
+    """Match explicit-cue items to their cue-less twins (id without the cue suffix, else ``group``)."""
+    implicit = {_pair_key(it): it for it in items_implicit}
+    pos, neg, keys = [], [], []
+    for it in items_explicit:
+        twin = implicit.get(_pair_key(it))
+        if twin is not None:
+            pos.append(it.prompt)
+            neg.append(twin.prompt)
+            keys.append(_pair_key(it))
+    return pos, neg, keys
+
+
+def loc_vectors(model, tokenizer, language: str, tasks: Sequence[str] = ("blend", "locale_probe"),
+                split: str = "extract", n: int | None = None, reduce: str = "last",
+                method: str = "mean_difference", batch_size: int = 16, progress: bool = True) -> SteeringVectors:
+    """v_LOC[l] = mean h_l(L prompt with explicit country cue) - mean h_l(same prompt, no cue)."""
+    from evaluate.tasks import get_task
+
+    pos, neg, per_task = [], [], {}
+    for task in tasks:
+        t = get_task(task)
+        p, q, _ = cue_pairs(t.items(language, split=split, cue="explicit"), t.items(language, split=split,
+                                                                                     cue="implicit"))
+        pos += p
+        neg += q
+        per_task[task] = len(p)
+    if n is not None:
+        pos, neg = pos[:n], neg[:n]
+    if not pos:
+        raise ValueError(f"tasks {list(tasks)}: no explicit/implicit cue pairs for language {language!r} "
+                         f"in split {split!r}")
+    paired = collect_paired(model, tokenizer, pos, neg, reduce=reduce, batch_size=batch_size, progress=progress)
+    source = {"method": method, "vector": "loc_cultural", "positive": f"{language}+explicit_cue",
+              "negative": f"{language}+no_cue", "data": [f"{t}/{split}" for t in tasks], "pairs_per_task": per_task,
+              "languages": [language], "n_prompts": paired.count, "reduce": reduce, "component": "block_output",
+              "definition": "mean h_l(L prompt with explicit country cue) - mean h_l(same L prompt without cue)"}
+    return SteeringVectors(f"loc_{language}", _estimate(paired, method), paired.layers, _residual_norms(paired),
+                           source)

@@ -1,0 +1,205 @@
+"""Activation collection and estimators: exact checks on tiny models, one smoke test on gemma-3-270m."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+
+from interventions import vectors as V
+from tiny_models import tiny_lora, tiny_model
+
+ARCHS = ["gemma3", "llama", "qwen2", "gpt2", "gpt_neox"]
+
+
+def char_tokenizer():
+    """A left-padding character tokenizer over ids < 128 that prepends <bos> (like gemma's)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "<bos>": 1, "<eos>": 2, "[UNK]": 3}
+    for ch in string.ascii_letters + string.digits + " .,!?'-":
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="[PAD]",
+                                  unk_token="[UNK]")
+    tok.padding_side = "left"
+    return tok
+
+
+TEXTS = ["Hello there.", "A much longer sentence with many characters in it!", "Hi", "Steering 42",
+         "The cat sat on the mat.", "x"]
+
+
+def stacked(model, tok, texts, reduce):
+    """Reference: each text alone (no padding), hidden states read from output_hidden_states[l + 1]."""
+    out = []
+    for text in texts:
+        enc = tok([text], return_tensors="pt", return_special_tokens_mask=True)
+        with torch.no_grad():
+            hs = model(input_ids=enc["input_ids"], output_hidden_states=True).hidden_states
+        keep = ~enc["special_tokens_mask"][0].bool()
+        per_layer = []
+        for l in range(len(hs) - 2):  # the last entry is normed for some models: compare layers < L-1
+            h = hs[l + 1][0]
+            per_layer.append(h[-1] if reduce == "last" else h[keep].mean(0))
+        out.append(torch.stack(per_layer))
+    return torch.stack(out, 1)  # [L-1, n, H]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("reduce", ["last", "mean"])
+def test_left_padded_batch_equals_per_example(arch, reduce):
+    model, tok = tiny_model(arch), char_tokenizer()
+    reps = V.sentence_representations(model, tok, TEXTS, pooling=reduce, batch_size=4, progress=False)
+    ref = stacked(model, tok, TEXTS, reduce)
+    assert reps.shape == (4, len(TEXTS), 32)
+    torch.testing.assert_close(reps[:-1], ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("reduce", ["last", "mean"])
+def test_running_sums_equal_stacked_computation(reduce):
+    model, tok = tiny_model("llama"), char_tokenizer()
+    stats = V.collect_activations(model, tok, TEXTS, reduce=reduce, batch_size=4, progress=False)
+    reps = V.sentence_representations(model, tok, TEXTS, pooling=reduce, batch_size=len(TEXTS), progress=False)
+    assert stats.count == len(TEXTS) and stats.layers == [0, 1, 2, 3]
+    torch.testing.assert_close(stats.mean, reps.mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats.example_norms, reps.norm(dim=-1).mean(1), atol=1e-5, rtol=1e-5)
+    # token-level residual norms: every real non-special token of every text
+    norms = []
+    for text in TEXTS:
+        enc = tok([text], return_tensors="pt", return_special_tokens_mask=True)
+        with torch.no_grad():
+            hs = model(input_ids=enc["input_ids"], output_hidden_states=True).hidden_states
+        keep = ~enc["special_tokens_mask"][0].bool()
+        norms.append(torch.stack([hs[l + 1][0][keep].norm(dim=-1) for l in range(3)]))
+    ref = torch.cat(norms, 1).mean(1)
+    torch.testing.assert_close(stats.residual_norms[:3], ref, atol=1e-4, rtol=1e-5)
+
+
+def test_memory_is_independent_of_n():
+    model, tok = tiny_model("qwen2"), char_tokenizer()
+    small = V.collect_activations(model, tok, TEXTS[:2], progress=False)
+    big = V.collect_activations(model, tok, TEXTS * 5, progress=False, batch_size=3)
+    assert small.sum.shape == big.sum.shape == (4, 32) and big.count == 30
+
+
+def test_hooks_removed_and_model_unchanged():
+    model, tok = tiny_model("gemma3"), char_tokenizer()
+    layers = V.decoder_layers(model)
+    enc = tok(TEXTS[:2], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = model(**enc).logits
+    V.collect_paired(model, tok, TEXTS[:2], TEXTS[2:4], progress=False)
+    V.sentence_representations(model, tok, TEXTS, layers=[1], progress=False)  # stops early via exception
+    assert all(not m._forward_hooks for m in layers)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**enc).logits, before)
+
+
+def test_layer_subset_and_peft_wrapper():
+    model, tok = tiny_model("llama"), char_tokenizer()
+    full = V.sentence_representations(model, tok, TEXTS, progress=False)
+    sub = V.sentence_representations(model, tok, TEXTS, layers=[2, 0], progress=False)
+    torch.testing.assert_close(sub, full[[2, 0]])
+    lora = tiny_lora(tiny_model("llama"), "llama")
+    reps = V.sentence_representations(lora, tok, TEXTS, progress=False)
+    assert reps.shape == full.shape and not torch.allclose(reps, full)
+    with pytest.raises(ValueError, match="layers"):
+        V.sentence_representations(model, tok, TEXTS, layers=[7], progress=False)
+
+
+def test_mean_difference_and_pca_on_paired_stats():
+    model, tok = tiny_model("llama"), char_tokenizer()
+    pos_texts = [t + " yes yes" for t in TEXTS]
+    neg_texts = [t + " no" for t in TEXTS]
+    paired = V.collect_paired(model, tok, pos_texts, neg_texts, reduce="last", batch_size=4, progress=False)
+    p = V.sentence_representations(model, tok, pos_texts, pooling="last", progress=False).double()
+    n = V.sentence_representations(model, tok, neg_texts, pooling="last", progress=False).double()
+    d = p - n  # [L, N, H]
+    md = V.mean_difference(paired.positive, paired.negative)
+    torch.testing.assert_close(md.double(), d.mean(1), atol=1e-5, rtol=1e-5)
+    comp = V.pca(paired, scale="unit").double()
+    for l in range(4):
+        centred = d[l] - d[l].mean(0)
+        ref = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        assert abs(float(comp[l] @ ref)) == pytest.approx(1.0, abs=1e-4)
+        assert float(comp[l] @ d[l].mean(0)) >= 0  # sign-aligned with the mean difference
+    scaled = V.pca(paired)
+    torch.testing.assert_close(scaled.norm(dim=-1), md.norm(dim=-1), atol=1e-4, rtol=1e-4)
+
+
+def test_pca_sign_alignment_constructed():
+    # differences spread along e0 with a mean pointing to -e0: the component must point to -e0
+    L, H, n = 1, 5, 50
+    torch.manual_seed(0)
+    d = torch.zeros(n, H, dtype=torch.float64)
+    d[:, 0] = torch.randn(n, dtype=torch.float64) * 10 - 1.0
+    d[:, 1] = torch.randn(n, dtype=torch.float64) * 0.1
+    stats = V.ActivationStats.empty([0], H, "last")
+    paired = V.PairedStats(stats, stats, d.sum(0, keepdim=True), (d.T @ d)[None], n)
+    comp = V.pca(paired, scale="unit")[0]
+    assert comp[0] < -0.99
+    with pytest.raises(ValueError, match="2 pairs"):
+        V.pca(V.PairedStats(stats, stats, d[:1], (d[:1].T @ d[:1])[None], 1))
+
+
+def test_relative_coefficient():
+    v = torch.tensor([3.0, 4.0])
+    assert V.relative_coefficient(v, residual_norm=100.0, alpha=0.1) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="zero norm"):
+        V.relative_coefficient(torch.zeros(3), 1.0, 1.0)
+
+
+def test_bad_input():
+    model, tok = tiny_model("llama"), char_tokenizer()
+    with pytest.raises(ValueError, match="reduce"):
+        V.collect_activations(model, tok, TEXTS, reduce="max", progress=False)
+    with pytest.raises(ValueError, match="equal length"):
+        V.collect_paired(model, tok, TEXTS, TEXTS[:2], progress=False)
+    with pytest.raises(ValueError, match="texts"):
+        V.collect_activations(model, tok, [], progress=False)
+
+
+class _Item:
+    def __init__(self, id, prompt, cue, group=""):
+        self.id, self.prompt, self.cue, self.group = id, prompt, cue, group
+
+
+def test_cue_pairs_match_twins():
+    explicit = [_Item("blend/ko/q1/explicit", "In Korea, q1?", "explicit"),
+                _Item("blend/ko/q2/explicit", "In Korea, q2?", "explicit"),
+                _Item("blend/ko/q3/explicit", "In Korea, q3?", "explicit")]
+    implicit = [_Item("blend/ko/q2/implicit", "q2?", "implicit"), _Item("blend/ko/q1/implicit", "q1?", "implicit")]
+    pos, neg, keys = V.cue_pairs(explicit, implicit)
+    assert pos == ["In Korea, q1?", "In Korea, q2?"] and neg == ["q1?", "q2?"]
+    assert keys == ["blend/ko/q1", "blend/ko/q2"]
+
+
+def test_steering_vector_intervention():
+    pytest.importorskip("interventions.config")
+    sv = V.SteeringVectors("en_transfer_ko", torch.ones(4, 32), [0, 1, 2, 3], torch.full((4,), 10.0),
+                           {"method": "mean_difference"})
+    inter = sv.intervention(2, alpha=0.5)
+    assert inter.layer == 2 and inter.component == "block_output"
+    assert inter.coefficient == pytest.approx(0.5 * 10.0 / (32 ** 0.5))
+    assert inter.source["method"] == "mean_difference" and inter.source["alpha"] == 0.5
+    with pytest.raises(ValueError, match="exactly one"):
+        sv.intervention(2)
+
+
+@pytest.mark.gemma
+def test_gemma_smoke(gemma):
+    model, tok = gemma
+    texts = ["The weather is nice today.", "Water boils at 100 degrees.", "I like reading books."]
+    other = ["오늘은 날씨가 좋다.", "물은 100도에서 끓는다.", "나는 책 읽기를 좋아한다."]
+    reps = V.sentence_representations(model, tok, texts + other, batch_size=4, progress=False)
+    assert reps.shape == (18, 6, 640) and torch.isfinite(reps).all()
+    paired = V.collect_paired(model, tok, texts, other, reduce="mean", batch_size=2, progress=False)
+    md = V.mean_difference(paired.positive, paired.negative)
+    torch.testing.assert_close(md, reps[:, :3].mean(1) - reps[:, 3:].mean(1), atol=1e-2, rtol=1e-4)
+    norms = paired.positive.residual_norms
+    assert norms.shape == (18,) and (norms > 0).all()
