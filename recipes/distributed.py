@@ -8,6 +8,11 @@ one unit = one fixed batch of items of one task x language x variant), the merge
 the single-process list, so metrics computed from it on the main process are identical.
 
 Without ``accelerate launch`` (one process) it is a plain ordered map.
+
+Several processes on one CPU-only machine: ``accelerate launch --multi_gpu --num_processes 2 ...``
+(accelerate 1.x runs ``--cpu --num_processes 2`` as a single process unless MPI is set up; the
+``--multi_gpu`` launcher starts the processes and, with no GPU present, :func:`partial_state` joins
+them over gloo) or equally ``torchrun --nproc_per_node 2 ...``.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ def partial_state():
 
     if not any(k in os.environ for k in ("ACCELERATE_PROCESS_ID", "LOCAL_RANK", "WORLD_SIZE", "RANK")):
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # accelerate picks gloo (MULTI_CPU) only when asked for the CPU: without a GPU, ask for it.
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
 
 
 def is_main_process(state=None) -> bool:

@@ -230,6 +230,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return int(value)
     elif tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
                 raise RecipeError(path, f"expected a finite number, got {_describe(value)}")
@@ -310,8 +315,6 @@ def apply_override(data: dict, assignment: str) -> dict:
     node = data
     for i, part in enumerate(parts):
         where = ".".join(parts[: i + 1])
-        if cls is None or not dataclasses.is_dataclass(cls):
-            raise RecipeError(where, "is not a section; cannot set a key inside it")
         names = _known_keys(cls)
         if part not in names:
             close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
@@ -320,14 +323,16 @@ def apply_override(data: dict, assignment: str) -> dict:
         if i == len(parts) - 1:
             node[part] = value
         else:
+            tp = typing.get_type_hints(cls)[part]
+            if not dataclasses.is_dataclass(tp):
+                raise RecipeError(key.strip(), f"{where} is not a section; cannot set a key inside it")
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
                 raise RecipeError(where, f"expected a mapping, got {_describe(child)}")
             node = child
-            tp = typing.get_type_hints(cls)[part]
-            cls = tp if dataclasses.is_dataclass(tp) else None
+            cls = tp
     return data
 
 

@@ -142,8 +142,11 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     _positive(a.learning_rate, "alignment.learning_rate")
     if a.seed is not None and a.seed < 0:
         raise RecipeError("alignment.seed", f"expected a non-negative int, got {a.seed}")
-    if a.languages is not None and not a.languages:
-        raise RecipeError("alignment.languages", "expected at least one language")
+    if a.languages is not None:
+        if not a.languages:
+            raise RecipeError("alignment.languages", "expected at least one language")
+        if "en" in a.languages:
+            raise RecipeError("alignment.languages", "expected the non-English languages aligned to English, got 'en'")
     has_cla = a.method != "none" or a.adapter is not None
 
     # steering
