@@ -6,7 +6,8 @@ question ID gives two items that share a ``group`` (so they land in the same spl
 - ``blend/{L}/{ID}/implicit``: the local-language question with the country mention removed
   (per-language table of surface forms and removal rules below; questions that still contain a
   surface form after removal are dropped, so no bundled implicit item names the country);
-- ``blend/{L}/{ID}/explicit``: the original question, which names the country.
+- ``blend/{L}/{ID}/explicit``: the original question, which names the country (questions that do not
+  name it are dropped; Iran's "in your country" (کشور شما) is rewritten to name Iran).
 
 Prompt = question + newline + the language's "Answer:" cue. Candidates (in L): C's top-voted answer
 (``local``) and the US's top-voted answer written in L (``us``): found as the C annotation whose English
@@ -71,6 +72,17 @@ UNREMOVABLE = {
     "Spain": [r"originari[ao]s? de España"], "Mexico": [r"originari[ao]s? de México"],
     "Iran": [r"بومی درایران"], "Greece": [r"προέλευσης"],
 }
+
+# Explicit twins must name the country: BLEnD's Iran questions often say "in your country" instead.
+EXPLICIT_REWRITES = {"Iran": [(r"کشور شما", "ایران")]}
+
+
+def explicit_question(question: str, country: str) -> str | None:
+    """The explicit-cue twin: the original question (naming the country), or None if it names none."""
+    q = question.strip()
+    for pattern, repl in EXPLICIT_REWRITES.get(country, ()):
+        q = re.sub(pattern, repl, q)
+    return q if mentions_country(q, country) else None
 
 
 def mentions_country(text: str, country: str) -> bool:
@@ -144,7 +156,8 @@ class Blend(Task):
             if not local_answer or not us_answer or local_answer == us_answer:
                 continue
             implicit = remove_country(row["question"], country)
-            if implicit is None:
+            explicit = explicit_question(row["question"], country)
+            if implicit is None or explicit is None:
                 continue
             order = [0, 1]
             random.Random(f"{self.seed}/blend/{country}/{qid}").shuffle(order)
@@ -155,7 +168,7 @@ class Blend(Task):
                     "local_votes": top["count"], "us_votes_local": match["count"],
                     "us_en_answer": us_top[qid]["en_answers"][0] if us_top[qid]["en_answers"] else "",
                     "normalization": "mean"}
-            for cue_name, question in (("implicit", implicit), ("explicit", row["question"].strip())):
+            for cue_name, question in (("implicit", implicit), ("explicit", explicit)):
                 items.append(Item(
                     id=f"{self.name}/{language}/{qid}/{cue_name}", task=self.name, language=language,
                     prompt=f"{question}\n{cue}", candidates=cands, local=order.index(0), us=order.index(1),
