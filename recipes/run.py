@@ -11,6 +11,7 @@ Exit codes: 0 done, 2 bad recipe (one message naming the field; nothing written)
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from importlib import metadata
@@ -53,7 +54,7 @@ def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]:
     """Parse arguments, load + validate the recipe and make the plan (writes nothing)."""
     args = build_parser().parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
-    run_dir = Path(args.out).expanduser() if args.out else Path("runs") / recipe.name
+    run_dir = Path(os.path.expanduser(args.out)) if args.out else Path("runs") / recipe.name
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError("--out", f"expected a directory, got an existing file: {run_dir}")
     plan = make_plan(recipe, run_dir)

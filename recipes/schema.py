@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -256,7 +257,8 @@ def _build(cls: type, data: Any, path: str):
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
-        where = f"{path}.{key}" if path else str(key)
+        shown = key if isinstance(key, str) and re.fullmatch(r"[\w+-]+", key) else repr(key)
+        where = f"{path}.{shown}" if path else shown
         if not isinstance(key, str):
             hint = (" (YAML reads unquoted on/off/yes/no/true/false as booleans; quote the key)"
                     if isinstance(key, bool) else "")

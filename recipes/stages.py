@@ -127,7 +127,7 @@ def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     if a.adapter is not None:
         local = looks_like_path(a.adapter)
         if local:
-            shutil.copytree(Path(a.adapter).expanduser(), out / "adapter",
+            shutil.copytree(Path(os.path.expanduser(a.adapter)), out / "adapter",
                             ignore=shutil.ignore_patterns("checkpoints"))
         write_json(out / "adapter.json", {"source": a.adapter, "local": local, "trained": False})
         return {"adapter": a.adapter}
@@ -150,7 +150,7 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     if s.load is not None:
         config = config_cls.from_pretrained(s.load)
         if looks_like_path(s.load):
-            shutil.copytree(Path(s.load).expanduser(), out / "intervention")
+            shutil.copytree(Path(os.path.expanduser(s.load)), out / "intervention")
         else:
             config.save_pretrained(out / "intervention")
         write_json(out / "steering.json", {"source": s.load, "computed": False})

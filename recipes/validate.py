@@ -45,9 +45,9 @@ def check_hub_id_or_path(value: str, field: str, *, must_contain: str | None = N
     if not value.strip():
         raise RecipeError(field, "expected a local directory or a Hub id (owner/name), got an empty string")
     if looks_like_path(value):
-        path = Path(value).expanduser()
+        path = Path(os.path.expanduser(value))
         if not path.exists():
-            raise RecipeError(field, f"no such file or directory: {value}")
+            raise RecipeError(field, f"no such file or directory: {value!r}")
         if not path.is_dir():
             raise RecipeError(field, f"expected a directory, got a file: {value}")
         if must_contain and not (path / must_contain).is_file():
@@ -77,7 +77,7 @@ def model_shape(name: str, revision: str | None = None) -> ModelShape | None:
         return KNOWN_MODELS[name]
     candidates = []
     if looks_like_path(name):
-        candidates.append(Path(name).expanduser() / "config.json")
+        candidates.append(Path(os.path.expanduser(name)) / "config.json")
     else:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -161,12 +161,12 @@ def validate_recipe(recipe: Recipe) -> Recipe:
             if vec.coefficient != "auto" and vec.coefficient == 0:
                 raise RecipeError(f"steering.{which}.coefficient", "expected a non-zero number or \"auto\", got 0")
             if vec.data not in CONTRAST_DATA:
-                path = Path(vec.data).expanduser()
+                path = Path(os.path.expanduser(vec.data))
                 if not looks_like_path(vec.data) and not path.suffix:
                     raise RecipeError(f"steering.{which}.data",
                                       f"expected one of {', '.join(CONTRAST_DATA)} or a file, got {vec.data!r}")
                 if not path.is_file():
-                    raise RecipeError(f"steering.{which}.data", f"no such file: {vec.data}")
+                    raise RecipeError(f"steering.{which}.data", f"no such file: {vec.data!r}")
             if vec.layer == "auto" and s.layers is not None and not s.layers:
                 raise RecipeError("steering.layers", f"steering.{which}.layer is \"auto\": expected a non-empty grid")
             if vec.coefficient == "auto" and not s.coefficients:
@@ -227,7 +227,7 @@ def validate_recipe(recipe: Recipe) -> Recipe:
 
 def find_recipe(name_or_path: str) -> Path:
     """A path to a recipe file, or a bare name (``surgical`` / ``surgical.yaml``) among the shipped ones."""
-    path = Path(name_or_path).expanduser()
+    path = Path(os.path.expanduser(name_or_path))
     if path.is_file():
         return path
     if path.name == name_or_path:  # bare name

@@ -1,0 +1,110 @@
+"""Hypothesis fuzz of the recipe parser: any input gives a Recipe or a RecipeError, nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recipes.schema import Recipe, RecipeError, apply_override, parse_yaml, recipe_from_dict
+from recipes.validate import load_recipe, validate_recipe
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _all_keys(cls=Recipe, prefix="") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(tp):
+            keys.extend(_all_keys(tp, f"{prefix}{f.name}."))
+    return keys
+
+
+KEYS = _all_keys()
+LEAF_NAMES = sorted({k.rsplit(".", 1)[-1] for k in KEYS})
+WORDS = ["auto", "gemma-3-270m", "ko", "en", "base", "cla+surgical", "blend", "flores", "none", "clo",
+         "float32", "block_output", "org/model", "./missing", "", "1e-4", "nan", "on", "~", "a--b", "~nouser/x", "a\x00b", "x.jsonl", "a/b/c"]
+
+scalars = (st.none() | st.booleans() | st.integers(-100, 100) | st.floats(allow_nan=True, allow_infinity=True)
+           | st.sampled_from(WORDS) | st.text(max_size=12) | st.binary(max_size=4) | st.dates())
+keys = st.sampled_from(LEAF_NAMES) | st.text(max_size=8) | st.integers(-3, 3) | st.booleans() | st.none()
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+                      max_leaves=12)
+sections = st.fixed_dictionaries({}, optional={
+    "name": scalars, "seed": scalars,
+    "model": st.dictionaries(st.sampled_from(["name", "dtype", "device", "device_map", "revision", "x"]), values),
+    "alignment": st.dictionaries(st.sampled_from(["method", "adapter", "languages", "max_steps", "n", "lr"]), values),
+    "steering": st.dictionaries(st.sampled_from(["en", "loc", "load", "layers", "coefficients", "tolerance"]),
+                                values | st.dictionaries(st.sampled_from(["layer", "coefficient", "enabled", "data"]),
+                                                         values)),
+    "evaluate": st.dictionaries(st.sampled_from(["tasks", "languages", "variants", "n", "split"]), values),
+    "publish": st.dictionaries(st.sampled_from(["enabled", "repo_id", "push", "token"]), values),
+})
+
+
+def _parse(data):
+    try:
+        recipe = validate_recipe(recipe_from_dict(data, name="fuzz"))
+    except RecipeError as err:
+        assert err.field and err.message
+        return None
+    assert isinstance(recipe, Recipe)
+    return recipe
+
+
+@SETTINGS
+@given(values)
+def test_arbitrary_values(data):
+    _parse(data)
+
+
+@SETTINGS
+@given(sections)
+def test_recipe_shaped_dicts(data):
+    _parse(data)
+
+
+@SETTINGS
+@given(st.text(max_size=200) | st.text(alphabet=":-[]{}#&*!|>'\"%@`, \n\tabcon0123.", max_size=120))
+def test_yaml_ish_strings(text):
+    try:
+        data = parse_yaml(text, "fuzz.yaml")
+    except RecipeError as err:
+        assert err.file == "fuzz.yaml"
+        return
+    _parse(data)
+
+
+@SETTINGS
+@given(sections, st.lists(st.tuples(st.sampled_from(KEYS) | st.text(max_size=10), st.text(max_size=10)), max_size=3))
+def test_overrides(data, assignments):
+    try:
+        for key, value in assignments:
+            apply_override(data, f"{key}={value}")
+    except RecipeError:
+        return
+    _parse(data)
+
+
+@SETTINGS
+@given(sections)
+def test_round_trip_through_files(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "r.yaml"
+    try:
+        path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    except yaml.YAMLError:
+        return
+    try:
+        recipe = load_recipe(path)
+    except RecipeError as err:
+        assert err.file == str(path)
+        return
+    # a valid recipe re-serialises to an equivalent one
+    again = tmp_path_factory.mktemp("fuzz") / "r.yaml"
+    again.write_text(yaml.safe_dump(recipe.to_dict()))
+    assert load_recipe(again).to_dict() == recipe.to_dict()
