@@ -75,6 +75,11 @@ def decoder_layers(model) -> nn.ModuleList:
 
 def decoder_stack(model) -> nn.Module:
     """The transformer body without the LM head (``model.model`` / ``model.transformer`` ...)."""
+    try:
+        from interventions.components import decoder_stack as _lead_decoder_stack
+        return _lead_decoder_stack(model)
+    except ImportError:
+        pass
     base = _unwrap(model)
     prefix = getattr(base, "base_model_prefix", "")
     stack = getattr(base, prefix, None) if prefix else None
@@ -241,6 +246,11 @@ class PairedStats:
 
 
 def _probe_hidden(model) -> int:
+    try:
+        from interventions.components import hidden_size
+        return hidden_size(model)
+    except ImportError:
+        pass
     config = _unwrap(model).config
     size = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
     if size is None:

@@ -1,0 +1,71 @@
+"""Model cards (README.md) for intervention directories, built with ``huggingface_hub.ModelCard``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import InterventionConfig
+
+
+def _row(iv) -> str:
+    src = iv.source or {}
+    data = src.get("data", "")
+    langs = src.get("languages", src.get("language", ""))
+    if isinstance(langs, (list, tuple)):
+        langs = ", ".join(map(str, langs))
+    if iv.kind == "additive":
+        what = f"add {iv.coefficient:g} x vector (norm {float(iv.vector.float().norm()):.3g})"
+    else:
+        what = f"set {iv.units.numel()} units to fixed values"
+    return (f"| `{iv.name}` | {iv.kind} | `{iv.component}` | {iv.layer} | {iv.positions} | {what} | "
+            f"{src.get('method', '')} | {data} | {langs} | {src.get('n', src.get('n_prompts', ''))} |")
+
+
+def model_card(config: "InterventionConfig", pyvene_layout: bool = False, extra: str | None = None) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = config.base_model.get("name_or_path") or "unknown"
+    data = ModelCardData(library_name="surgical-steering", base_model=base if base != "unknown" else None,
+                         tags=["steering", "pyvene", "multilingual", "interventions"])
+    rows = "\n".join(_row(iv) for iv in config.interventions)
+    pyvene_note = (
+        "This directory also holds pyvene's own layout (`config.json`, `intkey_*.bin`): "
+        "`pyvene.IntervenableModel.load(dir, model)` after `interventions.pyvene_compat.register(model)` "
+        "(pyvene 0.1.8 maps components only for the model classes it knows)."
+        if pyvene_layout else "")
+    body = f"""
+# Intervention config for `{base}`
+
+Steering as data: {len(config.interventions)} intervention(s) made with
+[surgical-steering](https://pypi.org/project/surgical-steering/) for **{base}**
+(model_type `{config.base_model.get('model_type', '?')}`, hidden size {config.base_model.get('hidden_size', '?')},
+{config.base_model.get('num_hidden_layers', '?')} layers).
+
+| name | kind | component | layer | positions | what | method | data | languages | n |
+|---|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Components are named by meaning: `block_output` is the residual stream after decoder layer L,
+`block_input` the stream entering it, `attention_output`/`mlp_output` the blocks' outputs before
+the residual add, `mlp_hidden` the MLP neurons (input of the down-projection). Positions:
+`all`, `prompt` (tokens of the prompt), `generated` (tokens after the prompt / after a cached
+prefix), `last` (the prompt's last token).
+
+## How to load
+
+```python
+from interventions import InterventionConfig, load_model, load_tokenizer, steer
+
+model, tokenizer = load_model("{base}"), load_tokenizer("{base}")
+config = InterventionConfig.from_pretrained("<this directory or Hub repo id>", model=model)
+with steer(model, config):
+    out = model.generate(**tokenizer("...", return_tensors="pt"), max_new_tokens=20)
+```
+
+Files: `intervention_config.json` (what, where, how strong, provenance), `intervention_vectors.safetensors`
+(the tensors). Loading reads JSON and safetensors only. {pyvene_note}
+"""
+    if extra:
+        body += "\n## Results\n\n" + extra.strip() + "\n"
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))

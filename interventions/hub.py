@@ -1,0 +1,53 @@
+"""Hugging Face Hub I/O for intervention directories (``huggingface_hub`` does the work)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import CONFIG_NAME, VECTORS_NAME, InterventionConfigError
+
+ALLOW_PATTERNS = [CONFIG_NAME, VECTORS_NAME, "README.md"]
+
+
+def resolve_directory(path_or_repo_id: str | os.PathLike, revision: str | None = None,
+                      cache_dir: str | None = None) -> Path:
+    """A local directory as is; otherwise a Hub repo id fetched with ``snapshot_download``.
+
+    Only the JSON config, the safetensors file and the card are downloaded (never pickles). With
+    ``HF_HUB_OFFLINE=1`` a pre-populated cache is used.
+    """
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id = str(path_or_repo_id)
+    if path.exists() or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+        raise InterventionConfigError("path", f"{repo_id!r} is neither an intervention directory nor a Hub repo id")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise InterventionConfigError("repo_id", f"{repo_id!r} is not a directory nor a valid Hub repo id: {err}") \
+            from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=ALLOW_PATTERNS))
+    except Exception as err:  # offline and not cached, repo missing, auth...
+        raise InterventionConfigError("repo_id", f"cannot fetch {repo_id!r} from the Hub: "
+                                      f"{type(err).__name__}: {err}") from None
+
+
+def push_directory(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+                   commit_message: str = "Upload intervention config", repo_type: str = "model") -> str:
+    """Create ``repo_id`` if needed and upload ``folder``; returns the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                             commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
