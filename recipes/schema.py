@@ -75,7 +75,7 @@ class AlignmentConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     n: int = 512
-    """Training examples per language."""
+    """FLORES dev sentences per language used for training (the trainer's max_sentences)."""
     seed: Optional[int] = None
     """Default: the recipe seed."""
 

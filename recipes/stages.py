@@ -131,14 +131,16 @@ def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
                             ignore=shutil.ignore_patterns("checkpoints"))
         write_json(out / "adapter.json", {"source": a.adapter, "local": local, "trained": False})
         return {"adapter": a.adapter}
-    config_for = _require("alignment (train)", "alignment.config", "config_for")
-    train = _require("alignment (train)", "alignment.train", "train")
+    config_for = _require("alignment (train)", "alignment", "config_for")
+    train = _require("alignment (train)", "alignment", "train")
     cfg = stage.config
     config = config_for(a.method, model=ctx.recipe.model.name, languages=cfg["languages"],
                         max_steps=a.max_steps, learning_rate=a.learning_rate, batch_size=a.batch_size,
                         lora_r=a.lora_r, lora_alpha=a.lora_alpha, max_sentences=a.n, seed=cfg["seed"])
     ctx.seed()
-    train(config, output_dir=out / "adapter")
+    # The trainer loads its own copy of the model (LoRA injection would change ctx.model in place);
+    # under ``accelerate launch`` TRL/Trainer spread training over the processes and save on the main one.
+    train(config, out / "adapter", tokenizer=ctx.tokenizer)
     write_json(out / "adapter.json", {"source": str(stage.directory / "adapter"), "local": True, "trained": True,
                                       "method": a.method})
     return {"adapter": "trained", "method": a.method}
@@ -148,7 +150,7 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     s = ctx.recipe.steering
     config_cls = _require("steering", "interventions.config", "InterventionConfig")
     if s.load is not None:
-        config = config_cls.from_pretrained(s.load)
+        config = config_cls.from_pretrained(s.load, model=ctx.model)  # refuses a config that does not fit
         if looks_like_path(s.load):
             shutil.copytree(Path(os.path.expanduser(s.load)), out / "intervention")
         else:

@@ -312,3 +312,174 @@ def test_missing_module_is_a_clear_stage_error():
         _require("evaluate", "evaluate.no_such_module", "evaluate_plane")
     with pytest.raises(StageUnavailable, match=r"requires recipes.schema.nothing_here"):
         _require("report", "recipes.schema", "nothing_here")
+
+
+# ----------------------------------------------------------------- publish (offline, up to the upload call)
+
+
+def test_publish_pushes_intervention_adapter_and_card(tmp_path, fake_stages, monkeypatch):
+    import huggingface_hub
+
+    from recipes import stages
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None, **_):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private=False, exist_ok=False, **_):
+            calls.append(("create_repo", repo_id, private))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, path_in_repo=None, **_):
+            calls.append(("upload_folder", sorted(p.name for p in Path(folder_path).iterdir()), path_in_repo))
+            return "commit-1"
+
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **_):
+            calls.append(("upload_file", Path(path_or_fileobj).read_text(), path_in_repo))
+            return "commit-2"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+
+    def steering(ctx, stage, out):
+        (out / "intervention").mkdir()
+        (out / "intervention" / "intervention_config.json").write_text("{}")
+        (out / "intervention" / "intervention_vectors.safetensors").write_bytes(b"")
+        return {}
+
+    def alignment(ctx, stage, out):
+        (out / "adapter").mkdir()
+        (out / "adapter" / "adapter_config.json").write_text("{}")
+        (out / "adapter.json").write_text(json.dumps({"source": "x", "local": True}))
+        return {}
+
+    def report(ctx, stage, out):
+        (out / "report.md").write_text("# card")
+        return {}
+
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "steering", steering)
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "alignment", alignment)
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "report", report)
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "publish", stages.run_publish)
+    recipe = write(tmp_path, patched(**{"publish.enabled": True, "publish.repo_id": "me/surgical-test",
+                                        "publish.push": ["intervention", "adapter", "report"]}))
+    out = tmp_path / "run"
+    assert main([str(recipe), "--out", str(out)]) == 0
+    assert calls == [("token", "hf_from_env"), ("create_repo", "me/surgical-test", True),
+                     ("upload_folder", ["intervention_config.json", "intervention_vectors.safetensors"], None),
+                     ("upload_folder", ["adapter_config.json"], "adapter"),
+                     ("upload_file", "# card", "README.md")]
+    plan = make_plan(load_recipe(recipe), out)
+    record = json.loads((plan.stages["publish"].directory / "publish.json").read_text())
+    assert record["repo_id"] == "me/surgical-test" and record["commits"] == ["commit-1", "commit-1", "commit-2"]
+    assert "hf_from_env" not in (out / "recipe.yaml").read_text()
+    calls.clear()
+    assert main([str(recipe), "--out", str(out)]) == 0 and calls == []  # published: skipped on re-run
+
+
+# ----------------------------------------------------------------- real stages on small models
+
+
+def test_model_and_adapter_stages_on_a_tiny_local_model(tmp_path, fake_stages, monkeypatch):
+    from peft import PeftModel
+    from tiny_models import tiny_lora, tiny_model
+
+    from recipes import stages
+
+    model_dir, adapter_dir = tmp_path / "tiny", tmp_path / "adapter"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_lora(tiny_model("llama"), "llama").save_pretrained(adapter_dir)
+    seen = {}
+
+    def evaluate(ctx, stage, out):
+        seen["aligned"] = ctx.aligned_model()
+        (out / "plane.json").write_text("{}")
+        return {}
+
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "model", stages.run_model)
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "alignment", stages.run_alignment)
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "evaluate", evaluate)
+    recipe = write(tmp_path, {"name": "tiny", "model": {"name": str(model_dir)},
+                              "alignment": {"adapter": str(adapter_dir)},
+                              "steering": {"en": {"enabled": False}, "loc": {"enabled": False}},
+                              "evaluate": {"variants": ["base", "cla"]}, "report": {"enabled": False}})
+    out = tmp_path / "run"
+    assert main([str(recipe), "--out", str(out), "--dry-run", "--set", "steering.en.layer=4"]) == 0  # off: no check
+    with pytest.raises(RecipeError, match=r"steering.en.layer: expected an int in \[0, 3\]"):
+        load_recipe(recipe, ["steering.en.enabled=true", "steering.en.layer=4"])
+    assert main([str(recipe), "--out", str(out)]) == 0
+    plan = make_plan(load_recipe(recipe), out)
+    info = json.loads((plan.stages["model"].directory / "model.json").read_text())
+    assert (info["num_hidden_layers"], info["hidden_size"], info["model_type"]) == (4, 32, "llama")
+    assert (plan.stages["alignment"].directory / "adapter" / "adapter_config.json").is_file()
+    assert isinstance(seen["aligned"], PeftModel)
+    assert [s.name for s in plan if s.active] == ["model", "alignment", "evaluate"]
+
+
+def test_deferred_layer_check_at_load_time(tmp_path, monkeypatch, capsys):
+    """A model whose depth is unknown offline passes validation; the model stage refuses the layer."""
+    from tiny_models import tiny_model
+
+    from recipes import stages, validate
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    monkeypatch.setattr(validate, "model_shape", lambda name, revision=None: None)  # as if uncached
+    recipe = write(tmp_path, {"model": {"name": str(model_dir)}, "steering": {"en": {"layer": 9}},
+                              "alignment": {"method": "none"}, "evaluate": {"variants": ["base+en"]}})
+    out = tmp_path / "run"
+    assert main([str(recipe), "--out", str(out), "--dry-run"]) == 0
+    capsys.readouterr()
+    assert main([str(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert 'steering.en.layer: expected an int in [0, 3] or "auto", got 9' in err
+    assert not [p for p in out.iterdir() if p.name.startswith("model")] if out.exists() else True
+    assert stages.STAGE_FUNCTIONS["model"] is stages.run_model
+
+
+@pytest.mark.gemma
+def test_model_stage_on_gemma(gemma, tmp_path):
+    from recipes.stages import RunContext, run_model
+
+    recipe = load_recipe("surgical", ["steering.loc.layer=14"])
+    plan = make_plan(recipe, tmp_path)
+    ctx = RunContext(recipe, plan)
+    ctx._model, ctx._tokenizer = gemma
+    out = tmp_path / "model"
+    out.mkdir()
+    result = run_model(ctx, plan.stages["model"], out)
+    assert result["model"]["num_hidden_layers"] == 18 and result["model"]["hidden_size"] == 640
+    from recipes.validate import KNOWN_MODELS
+
+    assert (KNOWN_MODELS["gemma-3-270m"].num_layers, KNOWN_MODELS["gemma-3-270m"].hidden_size) == (18, 640)
+
+
+# ----------------------------------------------------------------- accelerate: split + merge
+
+
+def test_distributed_map_single_process_is_plain_map():
+    from recipes.distributed import chunked, distributed_map
+
+    assert distributed_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
+    assert chunked(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError, match="size"):
+        chunked([1], 0)
+
+
+@pytest.mark.slow
+def test_accelerate_two_processes_match_single_process(tmp_path):
+    import _distributed_eval
+
+    expected = _distributed_eval.run(state=None)
+    out = tmp_path / "scores.json"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "tests" / "_distributed_eval.py"), str(out)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["num_processes"] == 2
+    assert result["scores"] == expected  # exactly the single-process numbers
