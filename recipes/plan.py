@@ -95,7 +95,8 @@ def _describe_actions(recipe: Recipe) -> dict[str, str]:
         for which in ("en", "loc"):
             v = getattr(s, which)
             if v.enabled:
-                parts.append(f"{which.upper()} {s.method} on {v.data} (n={v.n}) layer {v.layer} "
+                data = v.data if isinstance(v.data, str) else "+".join(v.data)
+                parts.append(f"{which.upper()} {s.method} on {data} (n={v.n}) layer {v.layer} "
                              f"coefficient {v.coefficient}")
         steer = "; ".join(parts) + f" at {s.component} on the {s.compute_on} model"
     return {

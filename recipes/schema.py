@@ -25,8 +25,10 @@ TASKS = ("global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_prob
 VARIANTS = ("base", "cla", "base+en", "base+loc", "base+surgical", "cla+en", "cla+loc", "cla+surgical")
 METHODS = ("none", "multilingual_sft", "midalign", "clo")
 COMPONENTS = ("block_input", "block_output", "attention_output", "mlp_output")
-CONTRAST_DATA = ("flores",) + TASKS
-"""Named contrast sets for steering vectors (anything else must be an existing file)."""
+EN_DATA = ("flores",)
+"""Named contrast data of EN-transfer vectors: parallel FLORES-200 dev sentences (English vs L)."""
+LOC_DATA = ("blend", "locale_probe")
+"""Named contrast data of LOC vectors: tasks with explicit-cue / cue-less twin prompts (extract split)."""
 
 Language = Literal["en", "ar", "es", "id", "ko", "zh", "el", "fa", "am"]
 Task = Literal["global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe"]
@@ -85,11 +87,19 @@ class VectorConfig:
     enabled: bool = True
     layer: Union[int, Auto] = "auto"
     coefficient: Union[float, Auto] = "auto"
-    data: str = "flores"
-    """Contrast data: flores, a task name, or a file."""
+    data: Union[str, list[str], None] = None
+    """Contrast data: ``flores`` (EN), ``blend`` / ``locale_probe`` (LOC), or a file; one or a list.
+    Default: flores for EN, [blend, locale_probe] for LOC."""
     n: int = 64
     """Contrast prompts per language."""
+    reduce: Optional[Literal["mean", "last"]] = None
+    """How token activations become one per prompt (default: mean for EN, last for LOC)."""
     positions: Literal["all", "prompt", "generated", "last"] = "all"
+
+
+# Per-vector defaults filled in after parsing, so the resolved recipe (and its hashes) is explicit.
+VECTOR_DEFAULTS = {"en": {"data": "flores", "reduce": "mean"},
+                   "loc": {"data": ["blend", "locale_probe"], "reduce": "last"}}
 
 
 @dataclass
@@ -99,7 +109,7 @@ class SteeringConfig:
     component: Literal["block_input", "block_output", "attention_output", "mlp_output"] = "block_output"
     method: Literal["mean_difference", "pca"] = "mean_difference"
     en: VectorConfig = field(default_factory=VectorConfig)
-    loc: VectorConfig = field(default_factory=lambda: VectorConfig(data="blend"))
+    loc: VectorConfig = field(default_factory=VectorConfig)
     layers: Optional[list[int]] = None
     """Layer grid for ``layer: auto`` (default: every layer)."""
     coefficients: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
@@ -278,7 +288,13 @@ def recipe_from_dict(data: Any, *, name: str | None = None) -> Recipe:
     """Convert a parsed mapping into a :class:`Recipe` (types only; see ``validate_recipe``)."""
     if isinstance(data, dict) and "name" not in data and name is not None:
         data = {**data, "name": name}
-    return _build(Recipe, data, "")
+    recipe = _build(Recipe, data, "")
+    for which, defaults in VECTOR_DEFAULTS.items():
+        vec = getattr(recipe.steering, which)
+        for key, value in defaults.items():
+            if getattr(vec, key) is None:
+                setattr(vec, key, list(value) if isinstance(value, list) else value)
+    return recipe
 
 
 # ---------------------------------------------------------------- YAML + overrides

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .schema import LANGUAGES, CONTRAST_DATA, Recipe, RecipeError, read_recipe_data, recipe_from_dict
+from .schema import EN_DATA, LANGUAGES, LOC_DATA, Recipe, RecipeError, read_recipe_data, recipe_from_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -119,6 +119,22 @@ def _positive(value, field: str, *, zero: bool = False) -> None:
         raise RecipeError(field, f"expected a {'non-negative' if zero else 'positive'} number, got {value}")
 
 
+def _check_contrast_data(data: str | list[str], which: str) -> None:
+    named = EN_DATA if which == "en" else LOC_DATA
+    entries = [data] if isinstance(data, str) else data
+    if not entries:
+        raise RecipeError(f"steering.{which}.data", "expected at least one contrast data source")
+    for i, entry in enumerate(entries):
+        field = f"steering.{which}.data" + ("" if isinstance(data, str) else f"[{i}]")
+        if entry in named:
+            continue
+        path = Path(os.path.expanduser(entry))
+        if not looks_like_path(entry) and not path.suffix:
+            raise RecipeError(field, f"expected one of {', '.join(named)} or a file, got {entry!r}")
+        if not path.is_file():
+            raise RecipeError(field, f"no such file: {entry!r}")
+
+
 def validate_recipe(recipe: Recipe) -> Recipe:
     """Cross-field rules, files and Hub ids, and layer ranges where the model's depth is known."""
     m, a, s, e, p = recipe.model, recipe.alignment, recipe.steering, recipe.evaluate, recipe.publish
@@ -160,13 +176,7 @@ def validate_recipe(recipe: Recipe) -> Recipe:
             _positive(vec.n, f"steering.{which}.n")
             if vec.coefficient != "auto" and vec.coefficient == 0:
                 raise RecipeError(f"steering.{which}.coefficient", "expected a non-zero number or \"auto\", got 0")
-            if vec.data not in CONTRAST_DATA:
-                path = Path(os.path.expanduser(vec.data))
-                if not looks_like_path(vec.data) and not path.suffix:
-                    raise RecipeError(f"steering.{which}.data",
-                                      f"expected one of {', '.join(CONTRAST_DATA)} or a file, got {vec.data!r}")
-                if not path.is_file():
-                    raise RecipeError(f"steering.{which}.data", f"no such file: {vec.data!r}")
+            _check_contrast_data(vec.data, which)
             if vec.layer == "auto" and s.layers is not None and not s.layers:
                 raise RecipeError("steering.layers", f"steering.{which}.layer is \"auto\": expected a non-empty grid")
             if vec.coefficient == "auto" and not s.coefficients:

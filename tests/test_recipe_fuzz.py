@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recipes.plan import make_plan
 from recipes.schema import Recipe, RecipeError, apply_override, parse_yaml, recipe_from_dict
 from recipes.validate import load_recipe, validate_recipe
 
@@ -54,6 +56,8 @@ def _parse(data):
         assert err.field and err.message
         return None
     assert isinstance(recipe, Recipe)
+    plan = make_plan(recipe, Path("runs") / recipe.name)  # a valid recipe always hashes and describes
+    assert plan.describe() and all(len(st.hash) == 64 for st in plan)
     return recipe
 
 

@@ -73,6 +73,9 @@ CATALOGUE = [
     ("bad-intervention-hub-id", patched(**{"steering.load": "a--b/c"}), [], "steering.load"),
     ("missing-contrast-file", patched(**{"steering.loc.data": "./contrast.jsonl"}), [], "steering.loc.data: no such file"),
     ("unknown-contrast-name", patched(**{"steering.en.data": "wikipedia"}), [], "steering.en.data"),
+    ("loc-data-without-cue-twins", patched(**{"steering.loc.data": ["blend", "fact_probe"]}), [],
+     "steering.loc.data[1]: expected one of blend, locale_probe"),
+    ("unknown-reduce", patched(**{"steering.loc.reduce": "max"}), [], "steering.loc.reduce"),
     ("token-in-file", patched(**{"publish.token": "hf_secret"}), [], "publish.token"),
     ("publish-without-repo", patched(**{"publish.enabled": True}), [], "publish.repo_id"),
     ("bad-publish-repo", patched(**{"publish.repo_id": "a/b/c"}), [], "publish.repo_id"),
@@ -483,3 +486,13 @@ def test_accelerate_two_processes_match_single_process(tmp_path):
     result = json.loads(out.read_text())
     assert result["num_processes"] == 2
     assert result["scores"] == expected  # exactly the single-process numbers
+
+
+def test_schema_names_match_the_libraries():
+    from evaluate.loaders import FLORES_CODES
+    from evaluate.tasks import list_tasks
+
+    from recipes.schema import LANGUAGES, TASKS
+
+    assert sorted(TASKS) == sorted(list_tasks())
+    assert set(LANGUAGES) <= set(FLORES_CODES)
