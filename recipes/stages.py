@@ -157,13 +157,50 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
             config.save_pretrained(out / "intervention")
         write_json(out / "steering.json", {"source": s.load, "computed": False})
         return {"source": s.load}
-    build = _require("steering (compute + select)", "interventions.sweep", "build_intervention_config")
     ctx.seed()
     model = ctx.aligned_model() if s.compute_on == "cla" else ctx.model
-    config, selection = build(model, ctx.tokenizer, stage.config)
-    config.save_pretrained(out / "intervention")
+    enabled = [getattr(s, w) for w in ("en", "loc") if getattr(s, w).enabled]
+    if any(v.layer == "auto" or v.coefficient == "auto" for v in enabled):
+        build = _require("steering (layer/coefficient: auto)", "interventions.sweep", "build_intervention_config")
+        config, selection = build(model, ctx.tokenizer, stage.config)
+    else:
+        config, selection = fixed_interventions(ctx, model)
+    config.save_pretrained(out / "intervention", model=model)
     write_json(out / "steering.json", {"computed": True, "selection": selection})
     return {"selection": selection}
+
+
+def fixed_interventions(ctx: RunContext, model):
+    """EN-transfer and LOC vectors per evaluated non-English language at the recipe's fixed
+    layer and coefficient (``auto`` goes through ``interventions.sweep``)."""
+    s = ctx.recipe.steering
+    vectors = _require("steering", "interventions.vectors")
+    config_cls = _require("steering", "interventions.config", "InterventionConfig")
+    if s.component != "block_output":
+        raise StageUnavailable(f"stage steering: vectors at {s.component} require interventions.sweep "
+                               "(interventions.vectors collects block_output only)")
+    languages = [x for x in ctx.recipe.evaluate.languages if x != "en"]
+    interventions, selection = [], {}
+    for which in ("en", "loc"):
+        vec = getattr(s, which)
+        if not vec.enabled:
+            continue
+        data = [vec.data] if isinstance(vec.data, str) else list(vec.data)
+        files = [d for d in data if d not in ("flores", "blend", "locale_probe")]
+        if files:
+            raise StageUnavailable(f"stage steering: contrast data from files ({files}) requires a contrast-file "
+                                   "loader in interventions.vectors (not available yet)")
+        for language in languages:
+            if which == "en":
+                found = vectors.en_transfer_vectors(model, ctx.tokenizer, language, n=vec.n, reduce=vec.reduce,
+                                                    method=s.method)
+            else:
+                found = vectors.loc_vectors(model, ctx.tokenizer, language, tasks=tuple(data), n=vec.n,
+                                            reduce=vec.reduce, method=s.method)
+            interventions.append(vectors.steering_vector(found, vec.layer, coefficient=vec.coefficient,
+                                                         positions=vec.positions))
+            selection[found.name] = {"layer": vec.layer, "coefficient": vec.coefficient, "selected": "fixed"}
+    return config_cls.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
 
 
 def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:

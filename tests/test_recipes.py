@@ -496,3 +496,40 @@ def test_schema_names_match_the_libraries():
 
     assert sorted(TASKS) == sorted(list_tasks())
     assert set(LANGUAGES) <= set(FLORES_CODES)
+
+
+@pytest.mark.gemma
+def test_steering_stage_fixed_layers_on_gemma(gemma, tmp_path):
+    """Fixed layer + coefficient: EN and LOC vectors computed and saved as an intervention directory."""
+    from interventions.config import InterventionConfig
+
+    from recipes.stages import RunContext, run_steering
+
+    recipe = load_recipe("surgical", ["evaluate.languages=[ko]", "steering.en.layer=6", "steering.en.coefficient=4",
+                                      "steering.loc.layer=12", "steering.loc.coefficient=6", "steering.en.n=4",
+                                      "steering.loc.n=4"])
+    plan = make_plan(recipe, tmp_path / "run")
+    ctx = RunContext(recipe, plan)
+    ctx._model, ctx._tokenizer = gemma
+    stage = plan.stages["steering"]
+    with StageWriter(stage) as out:
+        result = run_steering(ctx, stage, out)
+    assert set(result["selection"]) == {"en_transfer_ko", "loc_ko"}
+    config = InterventionConfig.from_pretrained(stage.directory / "intervention", model=gemma[0])
+    layers = {iv.name: (iv.layer, iv.coefficient) for iv in config.interventions}
+    assert layers == {"en_transfer_ko": (6, 4.0), "loc_ko": (12, 6.0)}
+
+
+def test_half_written_stage_directories_are_not_trusted(tmp_path, fake_stages):
+    recipe, out = _mini(tmp_path), tmp_path / "run"
+    plan = make_plan(load_recipe(recipe), out)
+    model_dir = plan.stages["model"].directory
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.txt").write_text("stale")  # killed before stage.json was written
+    (out / f".{model_dir.name}.tmp-abc").mkdir()  # a killed run's temp dir
+    steering_dir = plan.stages["steering"].directory
+    steering_dir.mkdir()
+    (steering_dir / "stage.json").write_text("{not json")
+    assert main([str(recipe), "--out", str(out)]) == 0
+    assert fake_stages == ["model", "steering", "evaluate"]
+    assert (model_dir / "model.txt").read_text() == plan.stages["model"].hash
