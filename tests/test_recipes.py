@@ -531,5 +531,5 @@ def test_half_written_stage_directories_are_not_trusted(tmp_path, fake_stages):
     steering_dir.mkdir()
     (steering_dir / "stage.json").write_text("{not json")
     assert main([str(recipe), "--out", str(out)]) == 0
-    assert fake_stages == ["model", "steering", "evaluate"]
+    assert fake_stages == ["model", "steering", "evaluate", "report"]
     assert (model_dir / "model.txt").read_text() == plan.stages["model"].hash
