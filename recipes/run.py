@@ -21,7 +21,7 @@ import yaml
 
 from .plan import Plan, StageWriter, atomic_write_text, make_plan
 from .schema import STAGES, RecipeError
-from .validate import load_recipe
+from .validate import load_recipe, model_shape
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "pyvene", "accelerate", "huggingface_hub", "datasets")
 
@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         print(plan.describe())
+        m = plan.recipe.model
+        shape = model_shape(m.name, m.revision)
+        print(f"model {m.name}: " + (f"{shape.num_layers} layers, hidden {shape.hidden_size} ({shape.source}); "
+                                     "layers checked" if shape else
+                                     "depth unknown offline; layer checks deferred to load time"))
         return 0
     from .stages import StageUnavailable
 
