@@ -1,0 +1,133 @@
+"""Figures for a plane run (seaborn on the Agg backend): ``plane.png`` and ``tasks.png``.
+
+- ``plane.png``: x = transfer_score, y = localization_score, one marker per variant, one facet per language
+  plus "mean", 95% CIs as error bars, dashed lines at chance.
+- ``tasks.png``: per-task bars of each task's headline metric (accuracy / implicit-cue localization_score)
+  per language and variant, CI error bars, chance as a dashed line.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .plane import HEADLINE, MEAN, atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def _palette(variants):
+    return dict(zip(variants, sns.color_palette("colorblind", len(variants))))
+
+
+def plot_plane(results: dict, path: Path) -> Path | None:
+    rows = results["plane"]
+    variants = [v["name"] for v in results["variants"]]
+    facets = [lang for lang in [*results["config"]["languages"], MEAN]
+              if any(r["language"] == lang for r in rows)]
+    points = {}
+    for r in rows:
+        points.setdefault((r["variant"], r["language"]), {})[r["score"]] = r
+    facets = [f for f in facets if any({"transfer_score", "localization_score"} <= set(points.get((v, f), {}))
+                                       for v in variants)]
+    if not facets:
+        return None
+    sns.set_theme(style="whitegrid", context="notebook")
+    ncol = min(3, len(facets))
+    nrow = math.ceil(len(facets) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False)
+    colors = _palette(variants)
+    markers = ["o", "s", "D", "^", "v", "P", "X", "*"]
+    for ax, facet in zip(axes.flat, facets):
+        for k, v in enumerate(variants):
+            p = points.get((v, facet), {})
+            if not {"transfer_score", "localization_score"} <= set(p):
+                continue
+            t, loc = p["transfer_score"], p["localization_score"]
+            ax.errorbar(t["value"], loc["value"],
+                        xerr=[[t["value"] - t["ci_low"]], [t["ci_high"] - t["value"]]],
+                        yerr=[[loc["value"] - loc["ci_low"]], [loc["ci_high"] - loc["value"]]],
+                        fmt=markers[k % len(markers)], color=colors[v], markersize=8, capsize=3, label=v)
+            ax.axvline(t["chance"], color="grey", ls="--", lw=0.8)
+            ax.axhline(loc["chance"], color="grey", ls="--", lw=0.8)
+        ax.set_title(facet)
+        ax.set_xlabel("transfer_score")
+        ax.set_ylabel("localization_score")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(facets):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.04))
+    fig.suptitle("transfer-localization plane (95% CI; dashed = chance)", y=1.08 if handles else 1.0)
+    _save(fig, path)
+    return path
+
+
+def plot_tasks(results: dict, path: Path) -> Path | None:
+    kinds = results["config"]["task_kinds"]
+    rows = [r for r in results["metrics"]
+            if r["metric"] == HEADLINE[kinds[r["task"]]] and r["cue"] in ("", "implicit")]
+    if not rows:
+        return None
+    variants = [v["name"] for v in results["variants"]]
+    tasks = [t for t in results["config"]["tasks"] if any(r["task"] == t for r in rows)]
+    sns.set_theme(style="whitegrid", context="notebook")
+    ncol = min(2, len(tasks))
+    nrow = math.ceil(len(tasks) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 3.4 * nrow), squeeze=False)
+    colors = _palette(variants)
+    width = 0.8 / len(variants)
+    for ax, task in zip(axes.flat, tasks):
+        trs = [r for r in rows if r["task"] == task]
+        langs = [lang for lang in [*results["config"]["languages"], "en"] if any(r["language"] == lang for r in trs)]
+        langs = list(dict.fromkeys(langs))
+        for k, v in enumerate(variants):
+            xs, ys, lo, hi = [], [], [], []
+            for i, lang in enumerate(langs):
+                r = next((r for r in trs if r["variant"] == v and r["language"] == lang), None)
+                if r is None:
+                    continue
+                xs.append(i - 0.4 + width * (k + 0.5))
+                ys.append(r["value"])
+                lo.append(r["value"] - r["ci_low"])
+                hi.append(r["ci_high"] - r["value"])
+            ax.bar(xs, ys, width=width * 0.95, color=colors[v], label=v)
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor="black", capsize=2, lw=0.8)
+        for i, lang in enumerate(langs):
+            ch = next((r["chance"] for r in trs if r["language"] == lang), None)
+            if ch is not None:
+                ax.hlines(ch, i - 0.45, i + 0.45, colors="grey", linestyles="--", lw=1)
+        ax.set_xticks(range(len(langs)), langs)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{task}: {HEADLINE[kinds[task]]}")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.05))
+    _save(fig, path)
+    return path
+
+
+def plot_all(results: dict, out_dir: Path) -> dict[str, str]:
+    """Write every figure into ``out_dir``; returns {figure name: file name} for the report."""
+    out = {}
+    for name, fn in (("plane", plot_plane), ("tasks", plot_tasks)):
+        p = fn(results, Path(out_dir) / f"{name}.png")
+        if p is not None:
+            out[name] = p.name
+    return out

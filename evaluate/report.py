@@ -1,0 +1,133 @@
+"""``report.md`` for a plane run: tables, the figures, and one paragraph of reading per figure.
+
+The reading is generated from the numbers (which variants move which way and whether the move is
+significant against the base; which cells are above chance), so it never says more than results.json.
+"""
+
+from __future__ import annotations
+
+from .plane import HEADLINE, MEAN
+
+ALPHA = 0.05
+
+
+def _ci(r: dict) -> str:
+    if r.get("value") is None or r["value"] != r["value"]:
+        return "n/a"
+    return f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def _p(p) -> str:
+    if p is None or p != p:
+        return "n/a"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def _mark(r: dict) -> str:
+    return "yes" if r.get("above_chance") else "no"
+
+
+def plane_table(results: dict) -> str:
+    lines = ["| variant | language | transfer_score [95% CI] | above chance | localization_score [95% CI] | "
+             "above chance |", "|---|---|---|---|---|---|"]
+    cells: dict[tuple, dict] = {}
+    for r in results["plane"]:
+        cells.setdefault((r["variant"], r["language"]), {})[r["score"]] = r
+    for (variant, lang), c in cells.items():
+        t, loc = c.get("transfer_score"), c.get("localization_score")
+        lines.append(f"| {variant} | {lang} | {_ci(t) if t else 'n/a'} | {_mark(t) if t else ''} | "
+                     f"{_ci(loc) if loc else 'n/a'} | {_mark(loc) if loc else ''} |")
+    return "\n".join(lines)
+
+
+def metrics_table(results: dict) -> str:
+    base = results["variants"][0]["name"]
+    lines = ["| variant | task | language | cue | metric | value [95% CI] | n | chance | p vs chance | "
+             f"diff vs {base} | p vs {base} |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["metrics"]:
+        diff = f"{r['diff_vs_base']:+.3f}" if "diff_vs_base" in r else ""
+        lines.append(f"| {r['variant']} | {r['task']} | {r['language']} | {r['cue'] or '-'} | {r['metric']} | "
+                     f"{_ci(r)} | {r['n']} | {r['chance']:.3f} | {_p(r['p_vs_chance'])} | {diff} | "
+                     f"{_p(r.get('p_vs_base')) if 'p_vs_base' in r else ''} |")
+    return "\n".join(lines)
+
+
+def read_plane(results: dict) -> str:
+    rows = [r for r in results["plane"] if r["language"] == MEAN]
+    if not rows:
+        rows = results["plane"]
+    base = results["variants"][0]["name"]
+    parts = []
+    for r in rows:
+        if r["variant"] != base:
+            continue
+        parts.append(f"Averaged over languages, {base} has {r['score']} {r['value']:.3f} "
+                     f"(95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, chance {r['chance']:.3f}), which is "
+                     f"{'above' if r['above_chance'] else 'not distinguishable from'} chance "
+                     f"(p={_p(r['p_vs_chance'])}).")
+    for r in rows:
+        if r["variant"] == base or "diff_vs_base" not in r:
+            continue
+        sig = r["p_vs_base"] < ALPHA
+        direction = "raises" if r["diff_vs_base"] > 0 else "lowers" if r["diff_vs_base"] < 0 else "leaves"
+        parts.append(f"{r['variant']} {direction} {r['score']} by {r['diff_vs_base']:+.3f} vs {base} "
+                     f"({'significant' if sig else 'not significant'}, paired p={_p(r['p_vs_base'])}).")
+    by_lang = [r for r in results["plane"] if r["language"] != MEAN and r["variant"] == base]
+    above = sorted({f"{r['language']} ({r['score']})" for r in by_lang if r["above_chance"]})
+    if by_lang:
+        parts.append("Per language, the base is above chance on: " + (", ".join(above) if above else "nothing") + ".")
+    return " ".join(parts) or "No plane scores were computed."
+
+
+def read_tasks(results: dict) -> str:
+    kinds = results["config"]["task_kinds"]
+    base = results["variants"][0]["name"]
+    parts = []
+    for task in results["config"]["tasks"]:
+        metric = HEADLINE[kinds[task]]
+        rs = [r for r in results["metrics"] if r["task"] == task and r["metric"] == metric
+              and r["cue"] in ("", "implicit")]
+        if not rs:
+            continue
+        b = [r for r in rs if r["variant"] == base]
+        above = [r["language"] for r in b if r["above_chance"]]
+        not_above = [r["language"] for r in b if not r["above_chance"]]
+        s = (f"{task} ({metric}): {base} is above chance in {', '.join(above) if above else 'no language'}"
+             + (f" and not in {', '.join(not_above)}" if not_above else "") + ".")
+        moved = [r for r in rs if r["variant"] != base and r.get("p_vs_base", 1) < ALPHA]
+        if moved:
+            s += " Significant moves vs base: " + "; ".join(
+                f"{r['variant']} {r['language']} {r['diff_vs_base']:+.3f}" for r in moved) + "."
+        elif any(r["variant"] != base for r in rs):
+            s += " No variant differs significantly from the base."
+        parts.append(s)
+    return " ".join(parts)
+
+
+def render_report(results: dict, figures: dict[str, str]) -> str:
+    cfg = results["config"]
+    v = results["versions"]
+    out = [
+        "# Evaluation report",
+        "",
+        f"Variants: {', '.join(x['name'] for x in results['variants'])} (first = base for paired tests). "
+        f"Tasks: {', '.join(cfg['tasks'])}. Languages: {', '.join(cfg['languages'])} (+ en control). "
+        f"Split: {cfg['split']}, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples"
+        + (f", at most {cfg['limit']} items per task/language/cue" if cfg.get("limit") else "") + ".",
+        f"Versions: torch {v.get('torch', '?')}, transformers {v.get('transformers', '?')}, "
+        f"commit {v.get('git_commit', '?')[:10]}. Time: {results['timings_s'].get('total')} s.",
+        "",
+        "Definitions: " + "; ".join(f"**{k}** = {d}" for k, d in results["definitions"].items()) + ".",
+        "",
+        "## Transfer-localization plane",
+        "",
+        plane_table(results),
+        "",
+    ]
+    if "plane" in figures:
+        out += [f"![transfer-localization plane]({figures['plane']})", ""]
+    out += [read_plane(results), "", "## Per-task results", ""]
+    if "tasks" in figures:
+        out += [f"![per-task bars]({figures['tasks']})", ""]
+    out += [read_tasks(results), "", "### All metrics", "", metrics_table(results), ""]
+    return "\n".join(out)
