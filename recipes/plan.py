@@ -56,6 +56,8 @@ class Plan:
     recipe: Recipe
     run_dir: Path
     stages: dict[str, StagePlan] = field(default_factory=dict)
+    forced: set[str] = field(default_factory=set)
+    """Stages to redo even if complete (``--force``)."""
 
     def __iter__(self):
         return iter(self.stages.values())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .plan import Plan, StageWriter, atomic_write_text, make_plan
+from .plan import Plan, StageWriter, atomic_write_text, is_complete, make_plan
 from .schema import STAGES, RecipeError
 from .validate import load_recipe, model_shape
 
@@ -58,11 +58,16 @@ def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]:
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError("--out", f"expected a directory, got an existing file: {run_dir}")
     plan = make_plan(recipe, run_dir)
-    forced = set(STAGES) if "all" in args.force else set(args.force)
-    for stage in plan:
-        if stage.name in forced and stage.active:
-            stage.complete = False
+    plan.forced = set(STAGES) if "all" in args.force else set(args.force)
+    refresh(plan)
     return args, plan
+
+
+def refresh(plan: Plan) -> None:
+    """Mark each stage complete or not from the disk (forced stages are never complete)."""
+    for stage in plan:
+        stage.complete = (stage.active and stage.name not in plan.forced
+                          and is_complete(stage.directory, stage.hash))
 
 
 def execute(plan: Plan) -> None:
@@ -74,6 +79,11 @@ def execute(plan: Plan) -> None:
     main = is_main_process(state)
     ctx = RunContext(plan.recipe, plan, state)
     env = versions()
+    # Every process decides skip/run from the same disk state (a late starter must not see stages
+    # the main process already committed, or the per-stage barriers would not line up).
+    wait_for_everyone(state)
+    refresh(plan)
+    wait_for_everyone(state)
     for stage in plan:
         if not stage.active:
             continue

@@ -290,7 +290,7 @@ def test_dry_run_shows_skip_after_run(tmp_path, fake_stages, capsys):
     capsys.readouterr()
     assert main([str(recipe), "--out", str(out), "--dry-run", "--set", "evaluate.n=3"]) == 0
     text = capsys.readouterr().out
-    lines = {line.split()[0]: line for line in text.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in text.splitlines()[1:] if line.startswith("  ")}
     assert "skip (complete)" in lines["model"] and "skip (complete)" in lines["steering"]
     assert " run " in lines["evaluate"] and "off" in lines["publish"]
 
