@@ -149,9 +149,10 @@ class StreamingAP:
         pos_groups = [positive] if isinstance(positive, int) else list(positive)
         out = torch.empty(self.n_units, dtype=torch.float64)
         for start in range(0, self.n_units, chunk):
-            c = self.counts[:, start:start + chunk].to(torch.float64).flip(-1)  # highest bin first
-            pos = c[pos_groups].sum(0)
-            neg = c.sum(0) - pos
+            c = self.counts[:, start:start + chunk]
+            pos_int = c[pos_groups].sum(0)
+            pos = pos_int.flip(-1).to(torch.float64)  # highest bin first
+            neg = (c.sum(0) - pos_int).flip(-1).to(torch.float64)
             out[start:start + chunk] = _histogram_ap(pos, neg)
         return out
 
@@ -375,6 +376,10 @@ def find_experts(model, tokenizer, languages: Sequence[str] = DEFAULT_LANGUAGES,
         if t not in languages:
             raise ValueError(f"targets: {t!r} is not among languages {languages}")
     texts, groups = flores_contrast(languages, n, split)
+    # longest first: less padding per batch, and the first batch (which fixes the bin ranges) sees long sentences
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    texts, groups = [texts[i] for i in order], [groups[i] for i in order]
     acc = StreamingAP(len(languages), bins=bins)
     batches = iter_unit_responses(model, tokenizer, texts, components, batch_size, progress=progress)
     for start, responses in zip(range(0, len(texts), batch_size), batches):
