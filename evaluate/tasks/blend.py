@@ -11,8 +11,9 @@ question ID gives two items that share a ``group`` (so they land in the same spl
 
 Prompt = question + newline + the language's "Answer:" cue. Candidates (in L): C's top-voted answer
 (``local``) and the US's top-voted answer written in L (``us``): found as the C annotation whose English
-gloss (``en_answers``) shares a gloss with the US top answer. Skipped: no such annotation, the US answer
-is C's top answer, or it has as many votes as C's top answer (no clear local answer).
+gloss (``en_answers``) shares a gloss with the US top answer (compared by :func:`normalize_gloss`).
+Skipped: no such annotation, the US answer is C's top answer, or it has as many votes as C's top
+answer (no clear local answer).
 Candidate order is shuffled per question with the seed. Chosen by length-normalised log-likelihood.
 Metrics: ``localization_score`` = P(local answer preferred), ``us_rate`` = P(US answer preferred).
 """
@@ -110,8 +111,15 @@ def remove_country(question: str, country: str) -> str | None:
     return q
 
 
+def normalize_gloss(gloss: str) -> str:
+    """English gloss key: lower case, no article, no punctuation, no plural -s/-es ("Cookies" -> "cooki")."""
+    g = re.sub(r"^(?:a|an|the)\s+", "", gloss.strip().lower())
+    g = re.sub(r"[^\w\s]", "", g).strip()
+    return re.sub(r"(?<=\w)(?:es|s)$", "", g) if len(g) > 3 else g
+
+
 def _glosses(annotation: dict) -> set[str]:
-    return {g.strip().lower() for g in annotation.get("en_answers") or [] if g and g.strip()}
+    return {normalize_gloss(g) for g in annotation.get("en_answers") or [] if g and g.strip()} - {""}
 
 
 @register_task("blend")
