@@ -261,3 +261,16 @@ def test_locale_probe_duplicate_concept(tmp_path):
     p.write_text("\n".join(lines + [lines[0]]) + "\n")
     with pytest.raises(ValueError, match=r"row 4 field 'concept'.*repeats row 0"):
         get_task("locale_probe", path=str(p)).items("ko", "all")
+
+
+def test_locale_probe_bundled_file():
+    from evaluate.loaders import DATA_DIR
+
+    if not (DATA_DIR / "locale_probe" / "locale_probe.jsonl").exists():
+        pytest.skip("locale_probe.jsonl not bundled yet")
+    task = get_task("locale_probe")
+    for lang in ("ko", "zh", "es", "id", "ar"):
+        items = task.items(lang, "all")
+        assert len([i for i in items if i.cue == "implicit"]) >= 40
+        assert {i.cue for i in items} == {"implicit", "explicit", "control"}
+        assert task.items(lang, "extract") and task.items(lang, "test")
