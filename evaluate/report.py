@@ -69,7 +69,10 @@ def read_plane(results: dict) -> str:
         if r["variant"] == base or "diff_vs_base" not in r:
             continue
         sig = r["p_vs_base"] < ALPHA
-        direction = "raises" if r["diff_vs_base"] > 0 else "lowers" if r["diff_vs_base"] < 0 else "leaves"
+        if r["diff_vs_base"] == 0:
+            parts.append(f"{r['variant']} leaves {r['score']} unchanged vs {base}.")
+            continue
+        direction = "raises" if r["diff_vs_base"] > 0 else "lowers"
         parts.append(f"{r['variant']} {direction} {r['score']} by {r['diff_vs_base']:+.3f} vs {base} "
                      f"({'significant' if sig else 'not significant'}, paired p={_p(r['p_vs_base'])}).")
     by_lang = [r for r in results["plane"] if r["language"] != MEAN and r["variant"] == base]

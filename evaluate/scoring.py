@@ -12,7 +12,10 @@ One scorer serves every task. For each batch of items it
 
 So a shared prompt is encoded once, and full-vocabulary logits exist only where a token is scored. The
 steering hooks of ``interventions.steer`` live on decoder-layer modules, which the inner decoder calls, and
-a PEFT model is seen through to its base model, whose LoRA layers stay active.
+a PEFT model is seen through to its base model, whose LoRA layers stay active. Under ``steer`` the
+candidate pass extends a KV cache, so position modes see it as *generated* tokens: ``positions="all"``
+scores exactly like the naive loop (tested); ``"prompt"``/``"last"`` steer the prompt (its last token) and
+not the candidate tokens, as in generation, whereas a naive full-sequence forward would also steer them.
 
 :func:`naive_score_items` is the reference: one full-logit forward per option, batch 1, through the model's
 own ``forward``. Tests check the engine against it; ``benchmarks/bench_scoring.py`` times both.

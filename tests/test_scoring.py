@@ -153,6 +153,7 @@ def test_bad_input_is_refused(tok):
 
 
 @pytest.mark.gemma
+@pytest.mark.slow
 def test_gemma_engine_matches_naive(gemma):
     model, tokenizer = gemma
     items = [
@@ -165,3 +166,23 @@ def test_gemma_engine_matches_naive(gemma):
     fast = score_items(model, tokenizer, items, batch_size=4, progress=False)
     _assert_same(fast, naive_score_items(model, tokenizer, items, progress=False), atol=2e-3)
     assert fast[0].choice == 0 and fast[1].choice == 0
+
+
+def test_engine_equals_naive_under_steering(tok):
+    """With `steer` hooks on the decoder layers (positions='all'), the engine still equals the naive loop."""
+    steer_mod = pytest.importorskip("interventions.steer")
+    from interventions.config import AdditiveIntervention, InterventionConfig
+
+    model = tiny_model("llama", seed=6)
+    torch.manual_seed(0)
+    iv = AdditiveIntervention("push", "block_output", 1, torch.randn(32) * 3.0, coefficient=1.0, positions="all")
+    config = InterventionConfig.for_model(model, [iv])
+    items = _items()
+    plain = score_items(model, tok, items, progress=False)
+    with steer_mod.steer(model, config):
+        fast = score_items(model, tok, items, batch_size=3, progress=False)
+        slow = naive_score_items(model, tok, items, progress=False)
+    _assert_same(fast, slow)
+    assert fast[0].logprob != pytest.approx(plain[0].logprob, abs=1e-3)  # the steering did change the scores
+    after = score_items(model, tok, items, progress=False)
+    _assert_same(after, plain, atol=1e-6)  # and every hook is gone afterwards
