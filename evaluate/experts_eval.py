@@ -309,6 +309,13 @@ def _write_report(out, rankings, ks, all_rows, effects, retrieval_n, apply_to, m
     done = sorted({r["language"] for r in all_rows})
     lines += ["## Plots", ""] + [f"![{lang}](retrieval_{lang}.png)" for lang in done] + [""]
     (out / "REPORT.md").write_text("\n".join(lines))
-    provenance = {"meta": meta or {}, "timings_s": timings, "torch": torch.__version__,
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    provenance = {"meta": meta or {}, "git_commit": commit, "timings_s": timings, "torch": torch.__version__,
                   "transformers": transformers.__version__, "python": platform.python_version()}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))

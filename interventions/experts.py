@@ -82,31 +82,37 @@ def _histogram_ap(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 class StreamingAP:
     """Per-group, per-unit histograms of responses: AP and medians in memory independent of n.
 
-    The bin range of each unit is fixed from the first batch (its min..max widened by ``margin`` of the span on
-    each side); values beyond it land in two overflow bins, whose medians are interpolated towards the running
-    per-unit minimum / maximum. Size: ``n_groups * n_units * (bins + 2)`` int32 counts plus O(n_groups * n_units).
+    The bin range of each unit is fixed from the first ``calibration`` responses (buffered, a constant
+    ``calibration x n_units`` floats): their min..max widened by ``margin`` of the span on each side. Values beyond
+    it land in two overflow bins, whose medians are interpolated towards the running per-unit minimum / maximum.
+    Size: ``n_groups * n_units * (bins + 2)`` int32 counts plus O(n_groups * n_units), whatever the number of
+    sentences.
     """
 
-    def __init__(self, n_groups: int, bins: int = 512, margin: float = 0.25):
+    def __init__(self, n_groups: int, bins: int = 512, margin: float = 0.25, calibration: int = 64):
         if n_groups < 2:
             raise ValueError(f"n_groups: expected >= 2 (positives and negatives), got {n_groups}")
         if bins < 2:
             raise ValueError(f"bins: expected >= 2, got {bins}")
-        self.n_groups, self.bins, self.margin = n_groups, bins, margin
+        self.n_groups, self.bins, self.margin, self.calibration = n_groups, bins, margin, calibration
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.counts: torch.Tensor | None = None  # [G, U, bins + 2] int32
         self.low = self.width = None  # [U]
         self.minimum = self.maximum = None  # [G, U]
 
     @property
     def n_units(self) -> int:
+        self.flush()
         return 0 if self.counts is None else self.counts.shape[1]
 
     @property
     def nbytes(self) -> int:
+        self.flush()
         tensors = [self.counts, self.low, self.width, self.minimum, self.maximum]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def group_sizes(self) -> torch.Tensor:
+        self.flush()
         return self.counts[:, 0, :].sum(-1)
 
     def _init(self, responses: torch.Tensor) -> None:
@@ -129,9 +135,27 @@ class StreamingAP:
         if groups.numel() and (groups.min() < 0 or groups.max() >= self.n_groups):
             raise ValueError(f"groups: expected indices in [0, {self.n_groups}), got {groups.tolist()}")
         if self.counts is None:
-            self._init(responses)
-        elif responses.shape[1] != self.n_units:
+            if self._pending and responses.shape[1] != self._pending[0][0].shape[1]:
+                raise ValueError(f"responses: expected {self._pending[0][0].shape[1]} units, got {responses.shape[1]}")
+            self._pending.append((responses, groups))
+            if sum(len(g) for _, g in self._pending) >= self.calibration:
+                self.flush()
+            return
+        if responses.shape[1] != self.n_units:
             raise ValueError(f"responses: expected {self.n_units} units, got {responses.shape[1]}")
+        self._add(responses, groups)
+
+    def flush(self) -> None:
+        """Fix the bin ranges from the buffered calibration responses and count them (called when needed)."""
+        if self.counts is not None or not self._pending:
+            return
+        responses = torch.cat([r for r, _ in self._pending])
+        groups = torch.cat([g for _, g in self._pending])
+        self._pending = []
+        self._init(responses)
+        self._add(responses, groups)
+
+    def _add(self, responses: torch.Tensor, groups: torch.Tensor) -> None:
         u, nb = self.n_units, self.bins + 2
         idx = torch.floor((responses - self.low) / self.width).long() + 1
         idx = idx.clamp_(0, nb - 1)
@@ -144,6 +168,7 @@ class StreamingAP:
 
     def average_precision(self, positive: int | Sequence[int], chunk: int = 8192) -> torch.Tensor:
         """AP of every unit at ranking the ``positive`` group(s) above the rest -> float64 [U]."""
+        self.flush()
         if self.counts is None:
             raise ValueError("StreamingAP: no responses were added")
         pos_groups = [positive] if isinstance(positive, int) else list(positive)
@@ -158,6 +183,7 @@ class StreamingAP:
 
     def median(self, group: int | Sequence[int], units: torch.Tensor) -> torch.Tensor:
         """Median response of ``units`` over the sentences of ``group``, interpolated inside its bin."""
+        self.flush()
         gs = [group] if isinstance(group, int) else list(group)
         units = torch.as_tensor(units, dtype=torch.long)
         c = self.counts[gs][:, units].to(torch.float64).sum(0)  # [k, bins + 2]
