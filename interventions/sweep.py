@@ -1,0 +1,128 @@
+"""Layer x coefficient sweeps of a steering vector on both axes, and the selection rules.
+
+For every (layer, coefficient) the model is steered with ``vectors.intervention(layer, ...)`` and the
+``extract`` items of both axes are scored with :func:`evaluate.scoring.score_items`:
+
+* ``transfer_score`` -- accuracy (gold chosen) over the transfer items;
+* ``localization_score`` -- local answer chosen over the localization items;
+
+and each is also given as a gain over the unsteered model (``transfer_gain``, ``localization_gain``).
+
+Selection (chosen on ``extract``; report on ``test`` only):
+
+* EN: the (layer, coefficient) maximising ``transfer_gain`` with ``localization_gain >= -tolerance``;
+* LOC: the (layer, coefficient) maximising ``localization_gain`` with ``transfer_gain >= -tolerance``;
+* Surgical Steering: both chosen interventions applied at once (:func:`surgical_config`).
+
+This module runs every (layer, coefficient) with a full forward (the reference). The prefix-cached
+sweep (layers <= l computed once per layer) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from interventions.vectors import SteeringVectors
+
+
+def _accuracy(items, scores, attr: str) -> float | None:
+    pairs = [(getattr(it, attr), s.choice) for it, s in zip(items, scores) if getattr(it, attr) is not None]
+    return sum(a == c for a, c in pairs) / len(pairs) if pairs else None
+
+
+def evaluate_axes(model, tokenizer, transfer_items: Sequence, localization_items: Sequence, batch_size: int = 16
+                  ) -> dict[str, float | None]:
+    """``transfer_score`` (gold accuracy) and ``localization_score`` (local-answer rate) of ``model`` now."""
+    from evaluate.scoring import score_items
+
+    t = score_items(model, tokenizer, transfer_items, batch_size=batch_size, progress=False)
+    l = score_items(model, tokenizer, localization_items, batch_size=batch_size, progress=False)
+    return {"transfer_score": _accuracy(transfer_items, t, "gold"),
+            "localization_score": _accuracy(localization_items, l, "local")}
+
+
+def _gain(value, base):
+    return None if value is None or base is None else value - base
+
+
+def sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], coefficients: Sequence[float],
+          transfer_items: Sequence, localization_items: Sequence, relative: bool = False, positions: str = "all",
+          batch_size: int = 16, progress: bool = True) -> list[dict[str, Any]]:
+    """One row per (layer, coefficient) with both scores and their gains over the unsteered model.
+
+    ``relative=True`` reads each coefficient as ``alpha`` (``alpha * residual_norm / ||v||``).
+    """
+    from interventions.config import InterventionConfig
+    from interventions.steer import steer
+
+    if not layers or not coefficients:
+        raise ValueError("sweep: expected at least one layer and one coefficient")
+    if not transfer_items and not localization_items:
+        raise ValueError("sweep: expected transfer_items or localization_items")
+    base = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
+    rows = []
+    grid = [(l, c) for l in layers for c in coefficients]
+    for layer, coef in tqdm(grid, desc=f"sweep {vectors.name}", disable=not progress, unit="cell"):
+        kw = {"alpha": coef} if relative else {"coefficient": coef}
+        inter = vectors.intervention(layer, positions=positions, **kw)
+        with steer(model, InterventionConfig.for_model(model, [inter])):
+            scores = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
+        rows.append({"vector": vectors.name, "layer": int(layer), "coefficient": float(inter.coefficient),
+                     "alpha": float(coef) if relative else None, **scores,
+                     "transfer_gain": _gain(scores["transfer_score"], base["transfer_score"]),
+                     "localization_gain": _gain(scores["localization_score"], base["localization_score"]),
+                     "base_transfer_score": base["transfer_score"],
+                     "base_localization_score": base["localization_score"]})
+    return rows
+
+
+RULES = {
+    "en": ("transfer_gain", "localization_gain"),
+    "loc": ("localization_gain", "transfer_gain"),
+}
+
+
+def select(rows: Sequence[dict], rule: str, tolerance: float = 0.01) -> dict | None:
+    """The row maximising the rule's gain with the other axis' loss <= ``tolerance`` (None if none qualifies).
+
+    ``rule="en"``: maximise ``transfer_gain`` s.t. ``localization_gain >= -tolerance``; ``rule="loc"`` the
+    reverse. Ties go to the smaller |coefficient|, then the earlier layer. A missing axis does not constrain.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule: expected one of {sorted(RULES)}, got {rule!r}")
+    gain, other = RULES[rule]
+    ok = [r for r in rows if r.get(gain) is not None and (r.get(other) is None or r[other] >= -tolerance)]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r[gain], -abs(r["coefficient"]), -r["layer"]))
+
+
+def surgical_config(model, en: SteeringVectors, en_row: dict, loc: SteeringVectors, loc_row: dict,
+                    provenance: dict | None = None, positions: str = "all"):
+    """Both selected interventions at once, with the selection recorded in each ``source``."""
+    from interventions.config import InterventionConfig
+
+    inters = []
+    for vec, row, rule in ((en, en_row, "en"), (loc, loc_row, "loc")):
+        inter = vec.intervention(row["layer"], coefficient=row["coefficient"], positions=positions)
+        inter.source.update({"selection_rule": rule, "selected_on": "extract",
+                             "selection_scores": {k: row.get(k) for k in ("transfer_score", "localization_score",
+                                                                           "transfer_gain", "localization_gain")},
+                             **(provenance or {})})
+        inters.append(inter)
+    return InterventionConfig.for_model(model, inters)
+
+
+def save_sweep(rows: Sequence[dict], path: str | Path) -> Path:
+    """The sweep table as JSON lines-free JSON (list of rows) next to a CSV of the same rows."""
+    from evaluate.analysis import write_csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(rows), indent=2))
+    write_csv(list(rows), path.with_suffix(".csv"))
+    return path
