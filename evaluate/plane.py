@@ -178,11 +178,12 @@ def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Seq
     scores: dict[str, dict[str, Any]] = {}
     timings = {}
     for v in tqdm(variants, desc="variants", unit="variant", disable=not progress):
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         with v.context():
             result = score_items(v.model, tokenizer, all_items, batch_size=batch_size, progress=progress)
         scores[v.name] = {s.item_id: s for s in result}
         timings[v.name] = round(time.time() - t0, 2)
+        timings[f"{v.name}_cpu"] = round(time.process_time() - c0, 2)  # CPU seconds (all threads)
 
     # per-item outcomes: {variant: {(task, language, cue, metric): {item_id: (value, chance)}}}
     outcomes: dict[str, dict[tuple, dict[str, tuple[float, float]]]] = {}
@@ -206,9 +207,11 @@ def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Seq
                             continue
                         cue = it.cue if task.kind == "localization" else ""
                         cells.setdefault((task.name, lang, cue, metric), {})[item_id] = (value, 1 / len(it.candidates))
-                with contextlib.suppress(Exception):
-                    tm = task.metrics(items, {i.id: chosen[i.id] for i in items})
+                try:  # the task's own point metrics, recorded next to ours as a cross-check
+                    tm = task.metrics(items, chosen)
                     task_metrics.append({"variant": v.name, "language": lang, **tm})
+                except Exception as e:  # noqa: BLE001 - a cross-check must not sink the run
+                    logger.warning("task %s: metrics() failed for %s/%s: %s", task.name, v.name, lang, e)
         outcomes[v.name] = cells
 
     base = variants[0].name
