@@ -104,3 +104,13 @@ def test_atomic_write_replaces(tmp_path):
     atomic_write(p, "one")
     atomic_write(p, b"two")
     assert p.read_text() == "two" and len(list(p.parent.iterdir())) == 1
+
+
+def test_cli_refuses_unknown_task(tmp_path):
+    from evaluate.__main__ import build_parser, main
+
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    assert args.tasks == ["global_mmlu", "blend", "locale_probe", "fact_probe"]
+    assert args.languages == ["ar", "es", "id", "ko", "zh"]
+    with pytest.raises(SystemExit, match="unknown"):
+        main(["--out", str(tmp_path), "--tasks", "no_such_task"])
