@@ -204,26 +204,18 @@ def fixed_interventions(ctx: RunContext, model):
 
 
 def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
-    evaluate_plane = _require("evaluate", "evaluate.plane", "evaluate_plane")
-    from .distributed import distributed_map
+    _require("evaluate", "evaluate.plane", "evaluate_plane")
+    from .evaluation import run_evaluate as run
 
-    e = ctx.recipe.evaluate
-    steering = ctx.output("steering")
-    ctx.seed()
-    result = evaluate_plane(
-        ctx.model, ctx.tokenizer, tasks=e.tasks, languages=e.languages, variants=e.variants, split=e.split,
-        n=e.n, batch_size=e.batch_size, bootstrap=e.bootstrap, seed=ctx.recipe.seed,
-        adapter=ctx.adapter_source(), interventions=str(steering / "intervention") if steering else None,
-        map_fn=distributed_map, output_dir=out)
-    return {"summary": result if isinstance(result, dict) else None}
+    return run(ctx, stage, out)
 
 
 def run_report(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
-    write_report = _require("report", "evaluate.report", "write_report")
-    r = ctx.recipe.report
-    write_report(ctx.output("evaluate"), out, formats=r.formats, plots=r.plots,
-                 title=r.title or ctx.recipe.description or ctx.recipe.name)
-    return {}
+    _require("report", "evaluate.report", "render_report")
+    _require("report", "evaluate.plots", "plot_all")
+    from .evaluation import run_report as run
+
+    return run(ctx, stage, out)
 
 
 def publish_folders(ctx: RunContext) -> list[tuple[Path, str]]:
