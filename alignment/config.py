@@ -44,6 +44,7 @@ class AlignmentConfig:
     logging_steps: int = 5
     held_out: int = 97
     max_sentences: int | None = None  # cap on FLORES dev lines used (None: all minus held_out)
+    gradient_checkpointing: bool = False  # True for multi-billion-parameter models on GPUs
 
     method = "base"
 
