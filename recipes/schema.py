@@ -116,6 +116,8 @@ class SteeringConfig:
     """Coefficient grid for ``coefficient: auto``."""
     tolerance: float = 0.01
     """Selection: the largest drop of the other score a chosen (layer, coefficient) may cost."""
+    n_select: int = 16
+    """Extract-split items per task x language scored for each (layer, coefficient) of a sweep."""
     compute_on: Literal["base", "cla"] = "base"
     """Compute vectors on the base model or on the aligned (CLA) model."""
 

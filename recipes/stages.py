@@ -161,26 +161,40 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     model = ctx.aligned_model() if s.compute_on == "cla" else ctx.model
     enabled = [getattr(s, w) for w in ("en", "loc") if getattr(s, w).enabled]
     if any(v.layer == "auto" or v.coefficient == "auto" for v in enabled):
-        build = _require("steering (layer/coefficient: auto)", "interventions.sweep", "build_intervention_config")
-        config, selection = build(model, ctx.tokenizer, stage.config)
-    else:
-        config, selection = fixed_interventions(ctx, model)
+        _require("steering (layer/coefficient: auto)", "interventions.sweep", "select")
+    config, selection = compute_interventions(ctx, model, out)
     config.save_pretrained(out / "intervention", model=model)
     write_json(out / "steering.json", {"computed": True, "selection": selection})
     return {"selection": selection}
 
 
-def fixed_interventions(ctx: RunContext, model):
-    """EN-transfer and LOC vectors per evaluated non-English language at the recipe's fixed
-    layer and coefficient (``auto`` goes through ``interventions.sweep``)."""
+def _selection_items(ctx, language: str):
+    """Extract-split items of the recipe's transfer and localization tasks (``steering.n_select`` each)."""
+    from evaluate.tasks import get_task
+
+    transfer, localization = [], []
+    for name in ctx.recipe.evaluate.tasks:
+        task = get_task(name, seed=ctx.recipe.seed)
+        items = task.items(language, split="extract")
+        if task.kind == "localization":
+            localization += [it for it in items if it.cue == "implicit"][:ctx.recipe.steering.n_select]
+        else:
+            transfer += items[:ctx.recipe.steering.n_select]
+    return transfer, localization
+
+
+def compute_interventions(ctx: RunContext, model, out: Path):
+    """EN-transfer and LOC vectors per evaluated non-English language, at the recipe's layer and
+    coefficient, or chosen by an ``interventions.sweep`` on extract items where they are ``auto``."""
     s = ctx.recipe.steering
     vectors = _require("steering", "interventions.vectors")
     config_cls = _require("steering", "interventions.config", "InterventionConfig")
     if s.component != "block_output":
-        raise StageUnavailable(f"stage steering: vectors at {s.component} require interventions.sweep "
+        raise StageUnavailable(f"stage steering: vectors at {s.component} need a collector for that component "
                                "(interventions.vectors collects block_output only)")
+    top = _model_shape(model)[0] - 1
     languages = [x for x in ctx.recipe.evaluate.languages if x != "en"]
-    interventions, selection = [], {}
+    interventions, selection, sweeps = [], {}, []
     for which in ("en", "loc"):
         vec = getattr(s, which)
         if not vec.enabled:
@@ -197,9 +211,28 @@ def fixed_interventions(ctx: RunContext, model):
             else:
                 found = vectors.loc_vectors(model, ctx.tokenizer, language, tasks=tuple(data), n=vec.n,
                                             reduce=vec.reduce, method=s.method)
-            interventions.append(vectors.steering_vector(found, vec.layer, coefficient=vec.coefficient,
+            layer, coefficient, how = vec.layer, vec.coefficient, "fixed"
+            if layer == "auto" or coefficient == "auto":
+                from interventions.sweep import select, sweep
+
+                layers = [layer] if layer != "auto" else (s.layers or list(range(top + 1)))
+                coefficients = [coefficient] if coefficient != "auto" else s.coefficients
+                transfer, localization = _selection_items(ctx, language)
+                rows = sweep(model, ctx.tokenizer, found, layers, coefficients, transfer, localization,
+                             positions=vec.positions, batch_size=ctx.recipe.evaluate.batch_size)
+                sweeps += rows
+                best = select(rows, which, s.tolerance)
+                how = f"sweep on extract (tolerance {s.tolerance})"
+                if best is None:  # nothing within tolerance: the largest gain, recorded as such
+                    gain = "transfer_gain" if which == "en" else "localization_gain"
+                    best = max(rows, key=lambda r: (r.get(gain) or 0.0, -abs(r["coefficient"]), -r["layer"]))
+                    how += ", none within tolerance: largest gain"
+                layer, coefficient = best["layer"], best["coefficient"]
+            interventions.append(vectors.steering_vector(found, layer, coefficient=coefficient,
                                                          positions=vec.positions))
-            selection[found.name] = {"layer": vec.layer, "coefficient": vec.coefficient, "selected": "fixed"}
+            selection[found.name] = {"layer": layer, "coefficient": coefficient, "selected": how}
+    if sweeps:
+        write_json(out / "sweep.json", sweeps)
     return config_cls.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
 
 

@@ -188,6 +188,7 @@ def validate_recipe(recipe: Recipe) -> Recipe:
         if s.compute_on == "cla" and not has_cla:
             raise RecipeError("steering.compute_on", "\"cla\" needs an adapter: set alignment.method or alignment.adapter")
     _positive(s.tolerance, "steering.tolerance", zero=True)
+    _positive(s.n_select, "steering.n_select")
     has = {"en": s.load is not None or s.en.enabled, "loc": s.load is not None or s.loc.enabled}
 
     # evaluate
