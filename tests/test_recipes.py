@@ -533,3 +533,26 @@ def test_half_written_stage_directories_are_not_trusted(tmp_path, fake_stages):
     assert main([str(recipe), "--out", str(out)]) == 0
     assert fake_stages == ["model", "steering", "evaluate", "report"]
     assert (model_dir / "model.txt").read_text() == plan.stages["model"].hash
+
+
+def test_evaluation_helpers():
+    from recipes.evaluation import intervention_kind, merge_results
+
+    assert intervention_kind("en_transfer_ko") == ("en", "ko")
+    assert intervention_kind("loc_zh") == ("loc", "zh")
+    assert intervention_kind("en_transfer") == ("en", None)
+    assert intervention_kind("expert_units") == (None, None)
+
+    def part(lang, value):
+        return {"config": {"languages": [lang], "tasks": ["blend"]}, "timings_s": {"total": 1.5},
+                "metrics": [{"language": lang, "value": value}, {"language": "en", "value": 0.5}],
+                "plane": [{"language": lang, "value": value}, {"language": "mean", "value": value}],
+                "n_items": {f"blend/{lang}": 2}, "task_metrics": []}
+
+    merged = merge_results([part("ko", 0.1), part("es", 0.2)])
+    assert merged["config"]["languages"] == ["ko", "es"]
+    assert [r["language"] for r in merged["metrics"]] == ["ko", "en", "es"]  # English control once
+    assert [r["language"] for r in merged["plane"]] == ["ko", "es"]  # single-language means dropped
+    assert merged["timings_s"]["total"] == 3.0 and merged["n_items"] == {"blend/ko": 2, "blend/es": 2}
+    single = part("ko", 0.3)
+    assert merge_results([single]) is single
