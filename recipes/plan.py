@@ -87,7 +87,11 @@ def _describe_actions(recipe: Recipe) -> dict[str, str]:
         align = f"load adapter {a.adapter}"
     elif a.method != "none":
         langs = ",".join(a.languages or [x for x in e.languages if x != "en"])
-        align = f"train {a.method} LoRA r={a.lora_r} ({a.max_steps} steps, lr {a.learning_rate}, {langs})"
+        def knob(v):
+            return "method default" if v is None else v
+
+        align = (f"train {a.method} LoRA r={knob(a.lora_r)} ({knob(a.max_steps)} steps, lr {knob(a.learning_rate)}, "
+                 f"{langs})")
     else:
         align = "no adapter"
     if s.load:

@@ -71,12 +71,13 @@ class AlignmentConfig:
     """Load this adapter (directory or Hub id) instead of training one."""
     languages: Optional[list[Language]] = None
     """Training languages (default: the evaluation languages other than English)."""
-    max_steps: int = 100
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    lora_r: int = 8
-    lora_alpha: int = 16
-    n: int = 512
+    max_steps: Optional[int] = None
+    """Knobs left null take the method's own default (alignment.config)."""
+    learning_rate: Optional[float] = None
+    batch_size: Optional[int] = None
+    lora_r: Optional[int] = None
+    lora_alpha: Optional[int] = None
+    n: Optional[int] = None
     """FLORES dev sentences per language used for training (the trainer's max_sentences)."""
     seed: Optional[int] = None
     """Default: the recipe seed."""

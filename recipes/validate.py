@@ -156,6 +156,9 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     for name in ("max_steps", "batch_size", "lora_r", "lora_alpha", "n"):
         _positive(getattr(a, name), f"alignment.{name}")
     _positive(a.learning_rate, "alignment.learning_rate")
+    if a.method == "midalign" and a.batch_size is not None and a.batch_size < 2:
+        raise RecipeError("alignment.batch_size", "midalign's InfoNCE needs in-batch negatives: expected >= 2, "
+                                                  f"got {a.batch_size}")
     if a.seed is not None and a.seed < 0:
         raise RecipeError("alignment.seed", f"expected a non-negative int, got {a.seed}")
     if a.languages is not None:

@@ -85,6 +85,8 @@ CATALOGUE = [
     ("cla-without-adapter", patched(**{"alignment.method": "none"}), [], "evaluate.variants[1]"),
     ("surgical-without-loc", patched(**{"steering.loc.enabled": False}), [], "evaluate.variants[3]"),
     ("negative-lr", patched(**{"alignment.learning_rate": -1e-4}), [], "alignment.learning_rate"),
+    ("midalign-batch-1", patched(**{"alignment.method": "midalign", "alignment.batch_size": 1}), [],
+     "alignment.batch_size"),
     ("nan-coefficient", "steering:\n  en:\n    coefficient: .nan\n", [], "steering.en.coefficient"),
     ("zero-coefficient", patched(**{"steering.en.coefficient": 0}), [], "steering.en.coefficient"),
     ("unknown-dtype", patched(**{"model.dtype": "float8"}), [], "model.dtype"),
@@ -556,3 +558,33 @@ def test_evaluation_helpers():
     assert merged["timings_s"]["total"] == 3.0 and merged["n_items"] == {"blend/ko": 2, "blend/es": 2}
     single = part("ko", 0.3)
     assert merge_results([single]) is single
+
+
+def test_alignment_stage_builds_the_method_config(tmp_path, monkeypatch):
+    import alignment
+
+    from recipes.stages import RunContext, run_alignment
+
+    seen = {}
+
+    def fake_train(config, output_dir, **kwargs):
+        seen["config"], seen["kwargs"] = config, kwargs
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "adapter_config.json").write_text("{}")
+
+    monkeypatch.setattr(alignment, "train", fake_train)
+    recipe = load_recipe("surgical", ["alignment.method=clo", "alignment.max_steps=null", "alignment.lora_r=4",
+                                      "alignment.batch_size=null", "alignment.learning_rate=null",
+                                      "alignment.lora_alpha=null", "alignment.n=null", "seed=3"])
+    plan = make_plan(recipe, tmp_path / "run")
+    ctx = RunContext(recipe, plan)
+    ctx._tokenizer = "tok"
+    stage = plan.stages["alignment"]
+    with StageWriter(stage) as out:
+        run_alignment(ctx, stage, out)
+    config = seen["config"]
+    assert config.method == "clo" and config.lora_r == 4 and config.seed == 3
+    assert config.max_steps == alignment.CLOConfig().max_steps  # null -> the method's own default
+    assert config.languages == ("ar", "es", "id", "ko", "zh") and seen["kwargs"] == {"tokenizer": "tok"}
+    assert json.loads((stage.directory / "adapter.json").read_text())["trained"] is True
+    assert ctx.adapter_source() == str(stage.directory / "adapter")
