@@ -14,8 +14,9 @@ Selection (chosen on ``extract``; report on ``test`` only):
 * LOC: the (layer, coefficient) maximising ``localization_gain`` with ``transfer_gain >= -tolerance``;
 * Surgical Steering: both chosen interventions applied at once (:func:`surgical_config`).
 
-This module runs every (layer, coefficient) with a full forward (the reference). The prefix-cached
-sweep (layers <= l computed once per layer) is not implemented yet.
+:func:`sweep` runs every (layer, coefficient) with a full forward (the reference); :func:`cached_sweep`
+computes layers <= l once per layer l and replays them (outputs and KV-cache updates) for every
+coefficient, giving the same rows.
 """
 
 from __future__ import annotations
@@ -126,3 +127,130 @@ def save_sweep(rows: Sequence[dict], path: str | Path) -> Path:
     path.write_text(json.dumps(list(rows), indent=2))
     write_csv(list(rows), path.with_suffix(".csv"))
     return path
+
+
+# --------------------------------------------------------------------------- prefix-cached sweep
+
+class _PrefixCache:
+    """Record, then replay, everything decoder layers 0..layer produce for a fixed sequence of forwards.
+
+    Steering ``block_output`` at ``layer`` leaves layers <= ``layer`` unchanged, and the scorer makes
+    the same sequence of decoder calls for every coefficient. So one unsteered pass records, per call,
+    the output of ``layer`` and every KV-cache update of layers <= ``layer``; later passes replace those
+    layers' forward by a replay (cache updates re-applied so the cache object stays exactly as before,
+    hidden states passed through, the recorded output returned) and only layers > ``layer`` run.
+    The steering hook on ``layer``'s output still fires on the replayed output.
+    """
+
+    def __init__(self, model, layer: int):
+        from interventions.vectors import decoder_layers, decoder_stack
+
+        self.layers = decoder_layers(model)
+        self.stack = decoder_stack(model)
+        self.layer = layer
+        self.outputs: list = []
+        self.updates: list[dict[int, list]] = []
+        self.call = -1
+
+    def _count(self, module, args, kwargs):
+        self.call += 1
+
+    def record(self):
+        from transformers import cache_utils
+
+        outer = self
+        original = cache_utils.Cache.update
+
+        def update(cache, key_states, value_states, layer_idx, *args, **kwargs):
+            if layer_idx <= outer.layer:
+                outer.updates[outer.call].setdefault(layer_idx, []).append((key_states, value_states, args, kwargs))
+            return original(cache, key_states, value_states, layer_idx, *args, **kwargs)
+
+        def pre(module, args, kwargs):
+            self._count(module, args, kwargs)
+            self.updates.append({})
+
+        def post(module, args, output):
+            self.outputs.append(output)
+
+        return _Patched([self.stack.register_forward_pre_hook(pre, with_kwargs=True),
+                         self.layers[self.layer].register_forward_hook(post)],
+                        [(cache_utils.Cache, "update", update, original)], self)
+
+    def replay(self):
+        outer = self
+
+        def make(j):
+            def forward(hidden_states, *args, **kwargs):
+                cache = kwargs.get("cache", kwargs.get("past_key_values"))
+                for k, v, a, kw in outer.updates[outer.call].get(j, []):
+                    if cache is None:
+                        raise RuntimeError("sweep: the recorded pass used a KV cache but this call has none")
+                    cache.update(k.clone(), v.clone(), j, *a, **kw)
+                return _clone(outer.outputs[outer.call]) if j == outer.layer else hidden_states
+            return forward
+
+        self.call = -1
+        patches = [(self.layers[j], "forward", make(j), None) for j in range(self.layer + 1)]
+        return _Patched([self.stack.register_forward_pre_hook(self._count, with_kwargs=True)], patches, self)
+
+
+def _clone(output):
+    if isinstance(output, tuple):
+        return tuple(o.clone() if hasattr(o, "clone") else o for o in output)
+    return output.clone()
+
+
+class _Patched:
+    def __init__(self, handles, patches, owner):
+        self.handles, self.patches, self.owner = handles, patches, owner
+
+    def __enter__(self):
+        self.owner.call = -1
+        for obj, name, new, _ in self.patches:
+            setattr(obj, name, new)
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        for obj, name, _, original in self.patches:
+            if original is None:
+                delattr(obj, name)  # back to the class's forward
+            else:
+                setattr(obj, name, original)
+
+
+def cached_sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], coefficients: Sequence[float],
+                 transfer_items: Sequence, localization_items: Sequence, relative: bool = False,
+                 positions: str = "all", batch_size: int = 16, progress: bool = True) -> list[dict[str, Any]]:
+    """:func:`sweep` with the layers <= l computed once per layer l (same rows, less compute)."""
+    from interventions.config import InterventionConfig
+    from interventions.steer import steer
+
+    if not layers or not coefficients:
+        raise ValueError("sweep: expected at least one layer and one coefficient")
+    if not transfer_items and not localization_items:
+        raise ValueError("sweep: expected transfer_items or localization_items")
+    rows, base = [], None
+    bar = tqdm(total=len(layers) * len(coefficients), desc=f"cached sweep {vectors.name}", disable=not progress,
+               unit="cell")
+    for layer in layers:
+        prefix = _PrefixCache(model, int(layer))
+        with prefix.record():  # the unsteered pass: the baseline and the prefix cache at once
+            scores = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
+        base = base or scores
+        for coef in coefficients:
+            kw = {"alpha": coef} if relative else {"coefficient": coef}
+            inter = vectors.intervention(layer, positions=positions, **kw)
+            with steer(model, InterventionConfig.for_model(model, [inter])), prefix.replay():
+                scores = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
+            rows.append({"vector": vectors.name, "layer": int(layer), "coefficient": float(inter.coefficient),
+                         "alpha": float(coef) if relative else None, **scores,
+                         "transfer_gain": _gain(scores["transfer_score"], base["transfer_score"]),
+                         "localization_gain": _gain(scores["localization_score"], base["localization_score"]),
+                         "base_transfer_score": base["transfer_score"],
+                         "base_localization_score": base["localization_score"]})
+            bar.update()
+    bar.close()
+    return rows

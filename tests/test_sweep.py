@@ -89,3 +89,44 @@ def test_surgical_config_saves_provenance(tmp_path):
     assert by_name["loc_ko"].source["selection_rule"] == "loc"
     assert by_name["en_transfer_ko"].source["languages"] == ["ko"]
     torch.testing.assert_close(by_name["loc_ko"].vector, loc.vector(3))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_prefix_cache_replay_equals_full_forward(arch):
+    """Replaying layers <= l (KV-cache updates included) gives the steered full forward's log-probs."""
+    pytest.importorskip("interventions.steer")
+    from evaluate.scoring import score_items
+    from interventions.config import InterventionConfig
+    from interventions.steer import steer
+
+    model, tok = tiny_model(arch), char_tokenizer()
+    transfer, local = _items()  # multi-token candidates: the KV-cache continuation pass runs too
+    items = transfer + local
+    vec = _vectors()
+    prefix = S._PrefixCache(model, 1)
+    with prefix.record():
+        base = score_items(model, tok, items, batch_size=4, progress=False)
+    for coef in (0.0, 5.0):
+        cfg = InterventionConfig.for_model(model, [vec.intervention(1, coefficient=coef)])
+        with steer(model, cfg):
+            full = score_items(model, tok, items, batch_size=4, progress=False)
+        with steer(model, cfg), prefix.replay():
+            cached = score_items(model, tok, items, batch_size=4, progress=False)
+        for f, c in zip(full, cached):
+            assert c.logprob == pytest.approx(f.logprob, abs=1e-5)
+        if coef == 0.0:
+            for f, b in zip(full, base):
+                assert f.logprob == pytest.approx(b.logprob, abs=1e-5)
+        else:
+            assert any(abs(f.logprob[0] - b.logprob[0]) > 1e-3 for f, b in zip(full, base))  # steering bites
+    assert "forward" not in vars(decoder_layers(model)[0])  # patches removed
+
+
+def test_cached_sweep_rows_equal_reference_sweep():
+    pytest.importorskip("interventions.steer")
+    model, tok = tiny_model("gemma3"), char_tokenizer()
+    transfer, local = _items()
+    vec = _vectors()
+    kw = dict(layers=[0, 2], coefficients=[-20.0, 20.0], transfer_items=transfer, localization_items=local,
+              batch_size=4, progress=False)
+    assert S.cached_sweep(model, tok, vec, **kw) == S.sweep(model, tok, vec, **kw)
