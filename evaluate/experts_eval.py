@@ -120,7 +120,11 @@ def bootstrap_mean(x: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: floa
 
 def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, apply_to: str = "source",
                     seed: int = 0, batch_size: int = 16) -> list[dict]:
-    """Top-1 retrieval L->en and en->L per layer for k=0 (before) and every k, with after/before ratios."""
+    """Top-1 retrieval L->en and en->L per layer for k=0 (before) and every k, with after/before ratios.
+
+    ``apply_to="source"`` forces the experts only while encoding the L sentences (English stays the base model's);
+    ``"both"`` encodes both sides with the experts forced.
+    """
     from evaluate.loaders import load_flores
     from tqdm.auto import tqdm
 
@@ -135,7 +139,7 @@ def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, 
     src_base = layer_representations(model, tokenizer, src_texts, batch_size=batch_size)
     base = {"L->en": retrieval_hits(src_base, en_base), "en->L": retrieval_hits(en_base, src_base)}
     rows = []
-    for k in tqdm(sorted(set(ks)), desc=f"retrieval {lang}"):
+    for k in tqdm(sorted({0, *ks}), desc=f"retrieval {lang}"):  # k=0 rows: the baseline itself
         if k == 0:
             hits = base
         else:

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--new-tokens", type=int, default=20)
     r.add_argument("--n-perplexity", type=int, default=50)
     r.add_argument("--out", default="runs/experts")
+    r.add_argument("--rankings", default=None,
+                   help="reuse rankings saved by an earlier run (DIR/<language>/ranking) instead of finding")
     return p
 
 
@@ -71,10 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    rankings = find_experts(model, tokenizer, contrast, targets=targets, n=args.n, k_max=max(ks),
-                            components=args.components, bins=args.bins, batch_size=args.batch_size)
-    find_s = time.time() - t0
-    print(f"found experts for {targets} in {find_s:.0f} s ({args.n} sentences x {len(contrast)} languages)")
+    if getattr(args, "rankings", None):
+        from interventions.experts import ExpertRanking
+
+        rankings = {lang: ExpertRanking.load(Path(args.rankings) / lang / "ranking") for lang in targets}
+        find_s = 0.0
+    else:
+        rankings = find_experts(model, tokenizer, contrast, targets=targets, n=args.n, k_max=max(ks),
+                                components=args.components, bins=args.bins, batch_size=args.batch_size)
+        find_s = time.time() - t0
+        print(f"found experts for {targets} in {find_s:.0f} s ({args.n} sentences x {len(contrast)} languages)")
     for lang, ranking in rankings.items():
         ranking.save(out / lang / "ranking")
         if args.command == "find":

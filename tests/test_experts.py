@@ -196,12 +196,11 @@ def test_gemma_experts_end_to_end(gemma):
     from evaluate.experts_eval import retrieval_sweep
 
     model, tok = gemma
-    rankings = find_experts(model, tok, ["en", "ko", "zh"], targets=["ko"], n=16, k_max=50, bins=256,
-                            progress=False)
+    rankings = find_experts(model, tok, ["en", "ko"], n=12, k_max=50, bins=256, progress=False)
     ko = rankings["ko"]
     assert ko.average_precision.shape == (18 * 2048,)
-    assert float(ko.average_precision[ko.order[49]]) > 0.9  # Hangul vs Latin/Han: easy experts exist
-    rows = retrieval_sweep(model, tok, ko, [50], n=16)
+    assert float(ko.average_precision[ko.order[49]]) > 0.9  # Hangul vs Latin: easy experts exist
+    rows = retrieval_sweep(model, tok, ko, [50], n=12)
     assert {r["k"] for r in rows} == {0, 50} and len(rows) == 2 * 2 * 18
     before = [r for r in rows if r["k"] == 0]
     assert all(r["ratio"] == pytest.approx(1.0) for r in before)
