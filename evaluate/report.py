@@ -95,8 +95,11 @@ def read_tasks(results: dict) -> str:
         b = [r for r in rs if r["variant"] == base]
         above = [r["language"] for r in b if r["above_chance"]]
         not_above = [r["language"] for r in b if not r["above_chance"]]
-        s = (f"{task} ({metric}): {base} is above chance in {', '.join(above) if above else 'no language'}"
-             + (f" and not in {', '.join(not_above)}" if not_above else "") + ".")
+        if not above:
+            s = f"{task} ({metric}): {base} is not above chance in any language ({', '.join(not_above)})."
+        else:
+            s = (f"{task} ({metric}): {base} is above chance in {', '.join(above)}"
+                 + (f" and not in {', '.join(not_above)}" if not_above else "") + ".")
         moved = [r for r in rs if r["variant"] != base and r.get("p_vs_base", 1) < ALPHA]
         if moved:
             s += " Significant moves vs base: " + "; ".join(
