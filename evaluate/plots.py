@@ -70,9 +70,10 @@ def plot_plane(results: dict, path: Path) -> Path | None:
     for ax in list(axes.flat)[len(facets):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.04))
-    fig.suptitle("transfer-localization plane (95% CI; dashed = chance)", y=1.08 if handles else 1.0)
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 0.965))
+    fig.suptitle("transfer-localization plane (95% CI; dashed = chance)", y=1.0)
     _save(fig, path)
     return path
 
@@ -117,8 +118,9 @@ def plot_tasks(results: dict, path: Path) -> Path | None:
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.05))
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.0))
     _save(fig, path)
     return path
 
