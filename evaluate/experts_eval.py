@@ -118,7 +118,7 @@ def bootstrap_mean(x: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: floa
     return float(lo), float(hi)
 
 
-def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, apply_to: str = "source",
+def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, apply_to: str = "both",
                     seed: int = 0, batch_size: int = 16) -> list[dict]:
     """Top-1 retrieval L->en and en->L per layer for k=0 (before) and every k, with after/before ratios.
 
@@ -267,7 +267,7 @@ def plot_retrieval(rows: list[dict], path: str | Path) -> None:
 
 
 def run_report(model, tokenizer, rankings: dict, ks: Sequence[int], out: str | Path, retrieval_n: int = 200,
-               apply_to: str = "source", side_effect_k: int | None = None, n_prompts: int = 30,
+               apply_to: str = "both", side_effect_k: int | None = None, n_prompts: int = 30,
                new_tokens: int = 20, n_perplexity: int = 50, seed: int = 0, meta: dict | None = None) -> dict:
     """Retrieval sweep + side effects + plots for every language; rewrites the tables and REPORT.md after each."""
     import time

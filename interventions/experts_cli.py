@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--bins", type=int, default=512, help="histogram bins per unit (AP/median accuracy)")
     common.add_argument("--batch-size", type=int, default=16)
     common.add_argument("--retrieval-n", type=int, default=200, help="FLORES devtest sentences for retrieval")
-    common.add_argument("--apply-to", choices=["source", "both"], default="source",
+    common.add_argument("--apply-to", choices=["source", "both"], default="both",
                         help="force experts when encoding only the L sentences (source) or L and en (both)")
     common.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("find", parents=[common], help="find experts, save intervention directories")
