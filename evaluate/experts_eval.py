@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from evaluate.stats import bootstrap_ci
+
 SCRIPTS = {
     "ko": [(0xAC00, 0xD7AF), (0x1100, 0x11FF), (0x3130, 0x318F)],
     "zh": [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF)],
@@ -53,39 +55,15 @@ def _steering(model, config):
 
 def layer_representations(model, tokenizer, texts: Sequence[str], config=None, batch_size: int = 16,
                           max_length: int = 128) -> torch.Tensor:
-    """Mean-pooled (padding excluded) ``block_output`` of every decoder layer -> float32 ``[layers, n, hidden]``."""
-    from interventions.components import decoder_layers, decoder_stack
+    """Mean-pooled (padding excluded, ``<bos>`` kept) ``block_output`` of every decoder layer, ``config`` forced,
+    -> float32 ``[layers, n, hidden]``."""
+    from interventions.vectors import sentence_representations
 
-    layers = decoder_layers(model)
-    pooled: dict[int, torch.Tensor] = {}
-    state = {}
-
-    def make_hook(i):
-        def hook(module, args, output):
-            h = output[0] if isinstance(output, tuple) else output
-            m = state["mask"].to(h.dtype)[..., None]
-            pooled[i] = ((h * m).sum(1) / m.sum(1).clamp_min(1)).float().cpu()
-        return hook
-
-    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
-    device = next(model.parameters()).device
-    chunks = []
     lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths together: less padding
-    ordered = [texts[i] for i in order]
-    try:
-        with _steering(model, config), torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                enc = tokenizer(ordered[start:start + batch_size], return_tensors="pt", padding=True,
-                                truncation=True, max_length=max_length).to(device)
-                state["mask"] = enc["attention_mask"]
-                position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # left padding
-                decoder_stack(model)(**enc, position_ids=position_ids)
-                chunks.append(torch.stack([pooled[i] for i in range(len(layers))]))
-    finally:
-        for h in handles:
-            h.remove()
-    reps = torch.cat(chunks, dim=1)
+    with _steering(model, config):
+        reps = sentence_representations(model, tokenizer, [texts[i] for i in order], batch_size=batch_size,
+                                        progress=False, exclude_special=False, max_length=max_length)
     return reps[:, torch.argsort(torch.tensor(order))]
 
 
@@ -108,14 +86,6 @@ def bootstrap_ratio(before: np.ndarray, after: np.ndarray, n_boot: int = 2000, s
     point = after.mean() / before.mean() if before.mean() > 0 else float("nan")
     lo, hi = np.nanquantile(ratios, [alpha / 2, 1 - alpha / 2]) if np.isfinite(ratios).any() else (np.nan,) * 2
     return float(point), float(lo), float(hi)
-
-
-def bootstrap_mean(x: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    x = np.asarray(x, float)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
 
 
 def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, apply_to: str = "both",
@@ -151,7 +121,7 @@ def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, 
             for layer in range(h.shape[0]):
                 after, before = h[layer].numpy(), base[direction][layer].numpy()
                 ratio, r_lo, r_hi = bootstrap_ratio(before, after, seed=seed)
-                a_lo, a_hi = bootstrap_mean(after, seed=seed)
+                _, a_lo, a_hi = bootstrap_ci(after, n_boot=2000, seed=seed)
                 rows.append({"language": lang, "k": k, "direction": direction, "layer": layer, "n": n,
                              "apply_to": apply_to, "top1": float(after.mean()), "top1_ci": [a_lo, a_hi],
                              "top1_before": float(before.mean()), "ratio": ratio, "ratio_ci": [r_lo, r_hi]})
@@ -182,7 +152,7 @@ def generation_script_share(model, tokenizer, language: str, config=None, n_prom
             outs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     shares = np.array([script_share(o, language) for o in outs])
     valid = shares[np.isfinite(shares)]
-    ci = bootstrap_mean(valid) if len(valid) else (float("nan"),) * 2
+    ci = bootstrap_ci(valid, n_boot=2000)[1:] if len(valid) else (float("nan"),) * 2
     return {"script_share": float(valid.mean()) if len(valid) else float("nan"), "script_share_ci": list(ci),
             "n_prompts": len(prompts), "no_letters": int((~np.isfinite(shares)).sum()),
             "samples": [{"prompt": p, "continuation": o} for p, o in zip(prompts[:3], outs[:3])]}

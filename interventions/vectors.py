@@ -35,56 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
+
+from interventions.components import decoder_layers, decoder_stack, hidden_size
 
 REDUCTIONS = ("last", "mean")
 
 
 # --------------------------------------------------------------------------- model plumbing
-
-def _unwrap(model):
-    try:
-        from interventions.components import unwrap  # the lead's resolver, once it exists
-        return unwrap(model)
-    except ImportError:
-        get_base = getattr(model, "get_base_model", None)  # PeftModel
-        return get_base() if callable(get_base) else model
-
-
-def decoder_layers(model) -> nn.ModuleList:
-    """The ``nn.ModuleList`` of decoder layers of any HF decoder (PEFT and multimodal wrappers too)."""
-    try:
-        from interventions.components import decoder_layers as _lead_decoder_layers
-        return _lead_decoder_layers(model)
-    except ImportError:
-        pass
-    base = _unwrap(model)
-    n = getattr(getattr(base, "config", None), "num_hidden_layers", None)
-    if n is None:
-        text_config = getattr(getattr(base, "config", None), "text_config", None)
-        n = getattr(text_config, "num_hidden_layers", None)
-    candidates = [(name, m) for name, m in base.named_modules()
-                  if isinstance(m, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks")]
-    for name, m in candidates:
-        if n is None or len(m) == n:
-            return m
-    raise ValueError(f"model: cannot find the decoder layers of {type(base).__name__} "
-                     "(expected an nn.ModuleList named layers/h/blocks)")
-
-
-def decoder_stack(model) -> nn.Module:
-    """The transformer body without the LM head (``model.model`` / ``model.transformer`` ...)."""
-    try:
-        from interventions.components import decoder_stack as _lead_decoder_stack
-        return _lead_decoder_stack(model)
-    except ImportError:
-        pass
-    base = _unwrap(model)
-    prefix = getattr(base, "base_model_prefix", "")
-    stack = getattr(base, prefix, None) if prefix else None
-    return stack if isinstance(stack, nn.Module) else base
-
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
@@ -94,13 +52,15 @@ class _StopForward(Exception):
     pass
 
 
-def tokenize(tokenizer, texts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
-    """Pad a batch; also return ``token_mask`` (real, non-special tokens) for pooling."""
+def tokenize(tokenizer, texts: Sequence[str], device=None, exclude_special: bool = True,
+             max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a batch; also return ``token_mask`` (real tokens, special ones excluded by default) for pooling."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts: expected a sequence of strings")
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, return_special_tokens_mask=True)
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=max_length is not None,
+                    max_length=max_length, return_special_tokens_mask=True)
     attention = enc["attention_mask"].bool()
-    token_mask = attention & ~enc["special_tokens_mask"].bool()
+    token_mask = attention & ~enc["special_tokens_mask"].bool() if exclude_special else attention.clone()
     empty = token_mask.sum(1) == 0  # a text of special tokens only: pool over what is there
     token_mask[empty] = attention[empty]
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_mask": token_mask}
@@ -167,7 +127,8 @@ def _resolve_layers(model, layers) -> list[int]:
 
 
 def iter_reduced(model, tokenizer, texts: Sequence[str], reduce: str = "mean", batch_size: int = 16,
-                 layers: Sequence[int] | None = None, progress: bool = True, desc: str = "collect"
+                 layers: Sequence[int] | None = None, progress: bool = True, desc: str = "collect",
+                 exclude_special: bool = True, max_length: int | None = None
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
     """Yield ``(reduced [n_layers, B, H], token_norm_sum [n_layers], token_norm_sq [n_layers], n_tokens)``."""
     if batch_size < 1:
@@ -176,7 +137,7 @@ def iter_reduced(model, tokenizer, texts: Sequence[str], reduce: str = "mean", b
     device = _device(model)
     starts = range(0, len(texts), batch_size)
     for s in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        batch = tokenize(tokenizer, texts[s:s + batch_size], device=device)
+        batch = tokenize(tokenizer, texts[s:s + batch_size], device, exclude_special, max_length)
         yield _forward_reduced(model, batch, reduce, layers)
 
 
@@ -245,28 +206,13 @@ class PairedStats:
         return self.positive.layers
 
 
-def _probe_hidden(model) -> int:
-    try:
-        from interventions.components import hidden_size
-        return hidden_size(model)
-    except ImportError:
-        pass
-    config = _unwrap(model).config
-    size = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
-    if size is None:
-        size = getattr(config, "n_embd", None)
-    if size is None:
-        raise ValueError(f"model.config: no hidden_size on {type(config).__name__}")
-    return int(size)
-
-
 def collect_activations(model, tokenizer, texts: Sequence[str], reduce: str = "last", batch_size: int = 16,
                         progress: bool = True, layers: Sequence[int] | None = None) -> ActivationStats:
     """Running per-layer sums of every example's reduced ``block_output`` (one forward per batch)."""
     if len(texts) == 0:
         raise ValueError("texts: expected at least one text")
     layers = _resolve_layers(model, layers)
-    stats = ActivationStats.empty(layers, _probe_hidden(model), reduce)
+    stats = ActivationStats.empty(layers, hidden_size(model), reduce)
     for out in iter_reduced(model, tokenizer, texts, reduce, batch_size, layers, progress):
         stats.update(*out)
     return stats
@@ -280,7 +226,7 @@ def collect_paired(model, tokenizer, positive_texts: Sequence[str], negative_tex
         raise ValueError(f"positive_texts/negative_texts: expected two non-empty lists of equal length, got "
                          f"{len(positive_texts)} and {len(negative_texts)}")
     layers = _resolve_layers(model, layers)
-    hidden = _probe_hidden(model)
+    hidden = hidden_size(model)
     pos = ActivationStats.empty(layers, hidden, reduce)
     neg = ActivationStats.empty(layers, hidden, reduce)
     diff_sum = torch.zeros(len(layers), hidden, dtype=torch.float64)
@@ -297,11 +243,17 @@ def collect_paired(model, tokenizer, positive_texts: Sequence[str], negative_tex
 
 
 def sentence_representations(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | None = None,
-                             pooling: str = "mean", batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """Per-example pooled ``block_output`` vectors: ``Tensor[n_layers, n, hidden]`` (float32, CPU)."""
+                             pooling: str = "mean", batch_size: int = 16, progress: bool = True,
+                             exclude_special: bool = True, max_length: int | None = None) -> torch.Tensor:
+    """Per-example pooled ``block_output`` vectors: ``Tensor[n_layers, n, hidden]`` (float32, CPU).
+
+    ``exclude_special=False`` pools over every non-padding token (``<bos>`` included); ``max_length``
+    truncates each text to that many tokens.
+    """
     if len(texts) == 0:
         raise ValueError("texts: expected at least one text")
-    parts = [r for r, *_ in iter_reduced(model, tokenizer, texts, pooling, batch_size, layers, progress, "represent")]
+    parts = [r for r, *_ in iter_reduced(model, tokenizer, texts, pooling, batch_size, layers, progress, "represent",
+                                         exclude_special, max_length)]
     return torch.cat(parts, dim=1)
 
 
