@@ -27,6 +27,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from interventions.components import decoder_layers, decoder_stack, resolve, unwrap
+from interventions.vectors import tokenize
+
 logger = logging.getLogger(__name__)
 
 UNIT_COMPONENTS = {
@@ -224,8 +227,6 @@ def unit_module(layer: torch.nn.Module, component: str) -> torch.nn.Module:
 
 def unit_modules(model, components: Sequence[str]) -> list[tuple[str, int, torch.nn.Module]]:
     """(component, layer, module) for every block of units; ``mlp_hidden`` resolves as :func:`steer` does."""
-    from interventions.components import decoder_layers, resolve, unwrap
-
     layers = decoder_layers(model)
     out = []
     for c in components:
@@ -263,24 +264,17 @@ def iter_unit_responses(model, tokenizer, texts: Sequence[str], components: Sequ
         return hook
 
     handles = [m.register_forward_pre_hook(make_hook(j), with_kwargs=True) for j, (_, _, m) in enumerate(mods)]
-    from interventions.components import decoder_stack
-
     body = decoder_stack(model)  # the decoder without the LM head
     device = next(model.parameters()).device
     try:
         bar = tqdm(range(0, len(texts), batch_size), desc="unit responses", disable=not progress)
         for start in bar:
-            enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
-                            truncation=True, max_length=max_length, return_special_tokens_mask=True)
-            special = enc.pop("special_tokens_mask").bool()
-            mask = enc["attention_mask"].bool() & ~special
-            empty = ~mask.any(1)
-            mask[empty] = enc["attention_mask"].bool()[empty]  # a text of only special tokens: keep them
-            state["mask"] = mask.to(device)
+            # token_mask: no padding, no special tokens (unless a text has only those); positions from the mask
+            enc = tokenize(tokenizer, texts[start:start + batch_size], device, max_length=max_length)
+            state["mask"] = enc.pop("token_mask")
             store.clear()
-            enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # left padding
             with torch.no_grad():
-                body(**{k: v.to(device) for k, v in enc.items()})
+                body(**enc)
             yield torch.cat([store[j] for j in range(len(mods))], dim=1).cpu()
     finally:
         for h in handles:

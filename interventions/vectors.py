@@ -54,7 +54,8 @@ class _StopForward(Exception):
 
 def tokenize(tokenizer, texts: Sequence[str], device=None, exclude_special: bool = True,
              max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Pad a batch; also return ``token_mask`` (real tokens, special ones excluded by default) for pooling."""
+    """Pad a batch; also return ``token_mask`` (real tokens, special ones excluded by default) for pooling and
+    ``position_ids`` from the attention mask, as generate() does (a left-padded row then equals the unpadded one)."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts: expected a sequence of strings")
     enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=max_length is not None,
@@ -63,7 +64,9 @@ def tokenize(tokenizer, texts: Sequence[str], device=None, exclude_special: bool
     token_mask = attention & ~enc["special_tokens_mask"].bool() if exclude_special else attention.clone()
     empty = token_mask.sum(1) == 0  # a text of special tokens only: pool over what is there
     token_mask[empty] = attention[empty]
-    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_mask": token_mask}
+    position_ids = (enc["attention_mask"].long().cumsum(1) - 1).clamp(min=0)
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_mask": token_mask,
+           "position_ids": position_ids}
     return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
 
@@ -101,12 +104,10 @@ def _forward_reduced(model, batch, reduce: str, layers: Sequence[int]):
         return hook
 
     handles = [modules[l].register_forward_hook(make_hook(l)) for l in layers]
-    # Positions from the mask, as generate() does: a left-padded row then equals the unpadded one.
-    position_ids = (attn.long().cumsum(1) - 1).clamp(min=0)
     try:
         with torch.no_grad():
             decoder_stack(model)(input_ids=batch["input_ids"], attention_mask=attn,
-                                 position_ids=position_ids, use_cache=False)
+                                 position_ids=batch["position_ids"], use_cache=False)
     except _StopForward:
         pass
     finally:
