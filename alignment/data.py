@@ -48,40 +48,41 @@ def held_out_sentences(languages: Sequence[str], held_out: int = 97) -> dict[str
     return {lang: (load_flores(lang, "dev")[-held_out:] if held_out else []) for lang in ("en", *languages)}
 
 
-def sft_examples(parallel: dict[str, list[str]]) -> list[dict]:
-    """Prompt/completion instruction data: L->en and en->L translation and same-language
-    continuation (sentence i -> sentence i+1, both from the training slice), for every L."""
+def _translation_pairs(parallel: dict[str, list[str]]):
+    """``(language, language name, index, English sentence, L sentence)`` for every non-English language."""
     english = parallel["en"]
-    rows = []
     for lang, sents in parallel.items():
         if lang == "en":
             continue
         name = LANGUAGE_NAMES[lang]
         for i, (en, tgt) in enumerate(zip(english, sents)):
-            rows.append({"prompt": f"Translate from {name} to English.\n{name}: {tgt}\nEnglish:",
-                         "completion": f" {en}", "language": lang, "kind": "to_en", "index": i})
-            rows.append({"prompt": f"Translate from English to {name}.\nEnglish: {en}\n{name}:",
-                         "completion": f" {tgt}", "language": lang, "kind": "from_en", "index": i})
-            if i + 1 < len(sents):
-                rows.append({"prompt": f"Continue the {name} text.\n{tgt}",
-                             "completion": f" {sents[i + 1]}", "language": lang, "kind": "continuation",
-                             "index": i})
+            yield lang, name, i, en, tgt
+
+
+def sft_examples(parallel: dict[str, list[str]]) -> list[dict]:
+    """Prompt/completion instruction data: L->en and en->L translation and same-language
+    continuation (sentence i -> sentence i+1, both from the training slice), for every L."""
+    rows = []
+    for lang, name, i, en, tgt in _translation_pairs(parallel):
+        rows.append({"prompt": f"Translate from {name} to English.\n{name}: {tgt}\nEnglish:",
+                     "completion": f" {en}", "language": lang, "kind": "to_en", "index": i})
+        rows.append({"prompt": f"Translate from English to {name}.\nEnglish: {en}\n{name}:",
+                     "completion": f" {tgt}", "language": lang, "kind": "from_en", "index": i})
+        if i + 1 < len(parallel[lang]):
+            rows.append({"prompt": f"Continue the {name} text.\n{tgt}",
+                         "completion": f" {parallel[lang][i + 1]}", "language": lang, "kind": "continuation",
+                         "index": i})
     return rows
 
 
 def pair_examples(parallel: dict[str, list[str]]) -> list[dict]:
     """(English, L) parallel sentence pairs for the contrastive term, with an LM text per pair
     (the en->L translation instruction, prompt + completion)."""
-    english = parallel["en"]
     rows = []
-    for lang, sents in parallel.items():
-        if lang == "en":
-            continue
-        name = LANGUAGE_NAMES[lang]
-        for i, (en, tgt) in enumerate(zip(english, sents)):
-            lm_text = (f"Translate from English to {name}.\nEnglish: {en}\n{name}: {tgt}" if i % 2 == 0 else
-                       f"Translate from {name} to English.\n{name}: {tgt}\nEnglish: {en}")
-            rows.append({"source": en, "target": tgt, "text": lm_text, "language": lang, "index": i})
+    for lang, name, i, en, tgt in _translation_pairs(parallel):
+        lm_text = (f"Translate from English to {name}.\nEnglish: {en}\n{name}: {tgt}" if i % 2 == 0 else
+                   f"Translate from {name} to English.\n{name}: {tgt}\nEnglish: {en}")
+        rows.append({"source": en, "target": tgt, "text": lm_text, "language": lang, "index": i})
     return rows
 
 
@@ -95,21 +96,16 @@ def preference_examples(parallel: dict[str, list[str]]) -> list[dict]:
     The "question" is the first half of sentence i (in the prompt's language) and the responses
     are the second half of sentence i in English or L, so both responses continue the prompt.
     """
-    english = parallel["en"]
     rows = []
-    for lang, sents in parallel.items():
-        if lang == "en":
-            continue
-        name = LANGUAGE_NAMES[lang]
-        for i, (en, tgt) in enumerate(zip(english, sents)):
-            en_head, en_tail = _split(en)
-            l_head, l_tail = _split(tgt)
-            rows.append({"prompt": f"Continue the English text.\n{en_head}", "chosen": f" {en_tail}",
-                         "rejected": f" {l_tail}", "prompt_language": "en", "chosen_language": "en",
-                         "rejected_language": lang, "nll": 0.0, "index": i})
-            rows.append({"prompt": f"Continue the {name} text.\n{l_head}", "chosen": f" {l_tail}",
-                         "rejected": f" {en_tail}", "prompt_language": lang, "chosen_language": lang,
-                         "rejected_language": "en", "nll": 1.0, "index": i})
+    for lang, name, i, en, tgt in _translation_pairs(parallel):
+        en_head, en_tail = _split(en)
+        l_head, l_tail = _split(tgt)
+        rows.append({"prompt": f"Continue the English text.\n{en_head}", "chosen": f" {en_tail}",
+                     "rejected": f" {l_tail}", "prompt_language": "en", "chosen_language": "en",
+                     "rejected_language": lang, "nll": 0.0, "index": i})
+        rows.append({"prompt": f"Continue the {name} text.\n{l_head}", "chosen": f" {l_tail}",
+                     "rejected": f" {en_tail}", "prompt_language": lang, "chosen_language": lang,
+                     "rejected_language": "en", "nll": 1.0, "index": i})
     return rows
 
 

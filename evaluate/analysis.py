@@ -124,6 +124,18 @@ def _pca2(x: torch.Tensor) -> torch.Tensor:
     return (xc @ vh[:2].T).float()
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Tight layout, write ``path`` (parents created) at 120 dpi, close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def layerwise_pca_grid(reps_by_lang: Reps, path: str | Path, layers: Sequence[int] | None = None,
                        ncols: int = 6, separation: list[dict] | None = None) -> Path:
     """One PCA scatter panel per layer (points coloured by language), saved to ``path`` (png/pdf)."""
@@ -150,12 +162,7 @@ def layerwise_pca_grid(reps_by_lang: Reps, path: str | Path, layers: Sequence[in
         ax.axis("off")
     if axes.flat[0].get_legend() is not None:
         sns.move_legend(axes.flat[0], "upper left", bbox_to_anchor=(0, -0.05), ncol=len(langs), fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def random_cosine_baseline(dim: int, n: int = 10000, quantile: float = 0.95, seed: int = 0) -> float:
@@ -252,12 +259,7 @@ def plot_by_layer(rows: list[dict], y: Sequence[str], path: str | Path, hue: str
         for b in (baseline, -baseline):
             ax.axhline(b, color="grey", ls="--", lw=1)
     ax.set(xlabel="layer", title=title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _loc_vs_en_cosines(model, tokenizer, languages, n, progress) -> list[dict]:

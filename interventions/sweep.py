@@ -50,6 +50,15 @@ def _gain(value, base):
     return None if value is None or base is None else value - base
 
 
+def _row(vectors: SteeringVectors, layer: int, inter, alpha: float | None, scores: dict, base: dict) -> dict:
+    """One sweep cell: the intervention's coefficient (and ``alpha`` when relative), scores and gains."""
+    return {"vector": vectors.name, "layer": int(layer), "coefficient": float(inter.coefficient),
+            "alpha": None if alpha is None else float(alpha), **scores,
+            "transfer_gain": _gain(scores["transfer_score"], base["transfer_score"]),
+            "localization_gain": _gain(scores["localization_score"], base["localization_score"]),
+            "base_transfer_score": base["transfer_score"], "base_localization_score": base["localization_score"]}
+
+
 def sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], coefficients: Sequence[float],
           transfer_items: Sequence, localization_items: Sequence, relative: bool = False, positions: str = "all",
           batch_size: int = 16, progress: bool = True) -> list[dict[str, Any]]:
@@ -72,12 +81,7 @@ def sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], coe
         inter = vectors.intervention(layer, positions=positions, **kw)
         with steer(model, InterventionConfig.for_model(model, [inter])):
             scores = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-        rows.append({"vector": vectors.name, "layer": int(layer), "coefficient": float(inter.coefficient),
-                     "alpha": float(coef) if relative else None, **scores,
-                     "transfer_gain": _gain(scores["transfer_score"], base["transfer_score"]),
-                     "localization_gain": _gain(scores["localization_score"], base["localization_score"]),
-                     "base_transfer_score": base["transfer_score"],
-                     "base_localization_score": base["localization_score"]})
+        rows.append(_row(vectors, layer, inter, coef if relative else None, scores, base))
     return rows
 
 
@@ -143,7 +147,7 @@ class _PrefixCache:
     """
 
     def __init__(self, model, layer: int):
-        from interventions.vectors import decoder_layers, decoder_stack
+        from interventions.components import decoder_layers, decoder_stack
 
         self.layers = decoder_layers(model)
         self.stack = decoder_stack(model)
@@ -245,12 +249,7 @@ def cached_sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[in
             inter = vectors.intervention(layer, positions=positions, **kw)
             with steer(model, InterventionConfig.for_model(model, [inter])), prefix.replay():
                 scores = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-            rows.append({"vector": vectors.name, "layer": int(layer), "coefficient": float(inter.coefficient),
-                         "alpha": float(coef) if relative else None, **scores,
-                         "transfer_gain": _gain(scores["transfer_score"], base["transfer_score"]),
-                         "localization_gain": _gain(scores["localization_score"], base["localization_score"]),
-                         "base_transfer_score": base["transfer_score"],
-                         "base_localization_score": base["localization_score"]})
+            rows.append(_row(vectors, layer, inter, coef if relative else None, scores, base))
             bar.update()
     bar.close()
     return rows
