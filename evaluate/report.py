@@ -61,7 +61,8 @@ def read_plane(results: dict) -> str:
     for r in rows:
         if r["variant"] != base:
             continue
-        parts.append(f"Averaged over languages, {base} has {r['score']} {r['value']:.3f} "
+        scope = "Averaged over languages" if r["language"] == MEAN else f"In {r['language']}"
+        parts.append(f"{scope}, {base} has {r['score']} {r['value']:.3f} "
                      f"(95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, chance {r['chance']:.3f}), which is "
                      f"{'above' if r['above_chance'] else 'not distinguishable from'} chance "
                      f"(p={_p(r['p_vs_chance'])}).")
@@ -70,10 +71,12 @@ def read_plane(results: dict) -> str:
             continue
         sig = r["p_vs_base"] < ALPHA
         if r["diff_vs_base"] == 0:
-            parts.append(f"{r['variant']} leaves {r['score']} unchanged vs {base}.")
+            where = "" if r["language"] == MEAN else f" in {r['language']}"
+            parts.append(f"{r['variant']} leaves {r['score']}{where} unchanged vs {base}.")
             continue
         direction = "raises" if r["diff_vs_base"] > 0 else "lowers"
-        parts.append(f"{r['variant']} {direction} {r['score']} by {r['diff_vs_base']:+.3f} vs {base} "
+        where = "" if r["language"] == MEAN else f" in {r['language']}"
+        parts.append(f"{r['variant']} {direction} {r['score']}{where} by {r['diff_vs_base']:+.3f} vs {base} "
                      f"({'significant' if sig else 'not significant'}, paired p={_p(r['p_vs_base'])}).")
     by_lang = [r for r in results["plane"] if r["language"] != MEAN and r["variant"] == base]
     above = sorted({f"{r['language']} ({r['score']})" for r in by_lang if r["above_chance"]})
