@@ -48,6 +48,19 @@ def wait_for_everyone(state=None) -> None:
         state.wait_for_everyone()
 
 
+def shutdown(state=None) -> None:
+    """Barrier, then tear down the process group: a process that exits while gloo is still up can
+    abort with "terminate called without an active exception"."""
+    state = state if state is not None else partial_state()
+    if state is None or state.num_processes <= 1:
+        return
+    state.wait_for_everyone()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def chunked(items: Sequence[T], size: int) -> list[list[T]]:
     """Fixed-size consecutive chunks (the same on every process: use them as work units)."""
     if size < 1:

@@ -72,7 +72,7 @@ def refresh(plan: Plan) -> None:
 
 def execute(plan: Plan) -> None:
     """Run every active, incomplete stage in order; each one commits atomically."""
-    from .distributed import is_main_process, partial_state, wait_for_everyone
+    from .distributed import is_main_process, partial_state, shutdown, wait_for_everyone
     from .stages import STAGE_FUNCTIONS, RunContext
 
     state = partial_state()
@@ -103,6 +103,7 @@ def execute(plan: Plan) -> None:
     if main:
         resolved = yaml.safe_dump(plan.recipe.to_dict(), sort_keys=False, allow_unicode=True)
         atomic_write_text(plan.run_dir / "recipe.yaml", resolved)
+    shutdown(state)
 
 
 def main(argv: list[str] | None = None) -> int:

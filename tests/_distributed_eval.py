@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from recipes.distributed import chunked, distributed_map, is_main_process, partial_state  # noqa: E402
+from recipes.distributed import chunked, distributed_map, is_main_process, partial_state, shutdown  # noqa: E402
 
 
 def work_units(n_items: int = 37, batch_size: int = 4):
@@ -49,3 +49,4 @@ if __name__ == "__main__":
     if is_main_process(state):
         Path(sys.argv[1]).write_text(json.dumps({"num_processes": state.num_processes if state else 1,
                                                  "scores": scores}))
+    shutdown(state)
