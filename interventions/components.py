@@ -67,31 +67,34 @@ def text_config(model: nn.Module):
     return get_text() if callable(get_text) else config
 
 
-def num_layers(model: nn.Module) -> int:
-    cfg = text_config(model)
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int):
+_LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layer", "num_layers")
+_HIDDEN_SIZE_ATTRS = ("hidden_size", "n_embd", "d_model")
+
+
+def _config_int(config, attrs: tuple[str, ...]) -> int | None:
+    """The first of ``attrs`` that ``config`` has as an int (configs name the same thing differently)."""
+    for attr in attrs:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
-    return len(decoder_layers(model))
+    return None
+
+
+def num_layers(model: nn.Module) -> int:
+    value = _config_int(text_config(model), _LAYER_COUNT_ATTRS)
+    return value if value is not None else len(decoder_layers(model))
 
 
 def hidden_size(model: nn.Module) -> int:
     cfg = text_config(model)
-    for attr in ("hidden_size", "n_embd", "d_model"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int):
-            return value
-    raise ValueError(f"cannot find the hidden size in {type(cfg).__name__}")
+    value = _config_int(cfg, _HIDDEN_SIZE_ATTRS)
+    if value is None:
+        raise ValueError(f"cannot find the hidden size in {type(cfg).__name__}")
+    return value
 
 
 def _find_layer_list(base: nn.Module) -> tuple[str, nn.ModuleList]:
-    expected = None
-    cfg = text_config(base)
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(getattr(cfg, attr, None), int):
-            expected = getattr(cfg, attr)
-            break
+    expected = _config_int(text_config(base), _LAYER_COUNT_ATTRS)
     candidates = []
     for name, module in base.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
