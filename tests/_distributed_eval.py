@@ -3,6 +3,7 @@ batches of token sequences with a tiny model through recipes.distributed.distrib
 write the merged per-item log-likelihoods (main process only) to the JSON path in argv[1]."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,3 +51,5 @@ if __name__ == "__main__":
         Path(sys.argv[1]).write_text(json.dumps({"num_processes": state.num_processes if state else 1,
                                                  "scores": scores}))
     shutdown(state)
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown, where torch's C++ threads can abort the process

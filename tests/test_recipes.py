@@ -479,8 +479,14 @@ def test_accelerate_two_processes_match_single_process(tmp_path):
 
     expected = _distributed_eval.run(state=None)
     out = tmp_path / "scores.json"
+    import socket
+
+    with socket.socket() as sock:  # a free rendezvous port: never collide with a lingering launcher
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port),
            str(ROOT / "tests" / "_distributed_eval.py"), str(out)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
