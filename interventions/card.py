@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 def _row(iv) -> str:
     src = iv.source or {}
     data = src.get("data", "")
+    if isinstance(data, (list, tuple)):
+        data = ", ".join(map(str, data))
     langs = src.get("languages", src.get("language", ""))
     if isinstance(langs, (list, tuple)):
         langs = ", ".join(map(str, langs))
