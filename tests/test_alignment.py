@@ -17,7 +17,7 @@ from alignment.clo import masked_nll
 from alignment.config import CLOConfig, MidAlignConfig, MultilingualSFTConfig
 from alignment.data import (find_leaks, forbidden_texts, held_out_sentences, pair_examples, parallel_sentences,
                             preference_examples, sft_examples, training_texts)
-from alignment.midalign import info_nce, mean_pool
+from alignment.midalign import center_pooled, info_nce, mean_pool
 from evaluate.loaders import FLORES_CODES, load_flores
 
 ALL = tuple(sorted(set(FLORES_CODES) - {"en"}))
@@ -268,3 +268,23 @@ def test_steering_stacks_on_the_unmerged_adapter_like_on_the_merged_model(tokeni
     InterventionConfig.for_model(aligned, [iv]).save_pretrained(tmp_path / "iv_aligned")
     with steer(base, InterventionConfig.from_pretrained(tmp_path / "iv_aligned")):
         torch.testing.assert_close(_logits(base, tokenizer), steered_base)
+
+
+def test_batch_centring_recovers_infonce_signal_under_a_shared_offset():
+    """Gemma's pooled middle-layer states share a huge component (cosine ~0.995 between unrelated
+    sentences): uncentred InfoNCE then sits at ln(batch); centring on the batch mean recovers the signal."""
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(8, 32, generator=g)
+    en, other = content + 0.1 * torch.randn(8, 32, generator=g), content + 0.1 * torch.randn(8, 32, generator=g)
+    offset = 300.0 * torch.randn(1, 32, generator=g)
+    clean = info_nce(en, other).item()
+    raw = info_nce(en + offset, other + offset).item()
+    src, tgt = center_pooled(torch.cat([en + offset, other + offset])).chunk(2)
+    centred = info_nce(src, tgt).item()
+    assert raw > 0.95 * math.log(8) and clean < 0.5
+    assert abs(centred - clean) < 0.3
+    assert torch.equal(center_pooled(en, "none"), en)
+    with pytest.raises(ValueError, match="center"):
+        center_pooled(en, "per_side")
+    with pytest.raises(ValueError, match="MidAlignConfig.center"):
+        MidAlignConfig(center="sides")
