@@ -21,6 +21,17 @@ def _items():
     return transfer, local
 
 
+def _equal_length_items():
+    """Two-token candidates: choices move under steering (the shortest candidate does not always win)."""
+    from evaluate.tasks import Item
+
+    transfer = [Item(f"t/{i}", "global_mmlu_cloze", "ko", f"Question {i} is", ("ab", "cd", "ef"), gold=i % 3)
+                for i in range(6)]
+    local = [Item(f"l/{i}", "blend", "ko", f"Food {i}:", ("kim", "piz"), local=i % 2, us=1 - i % 2)
+             for i in range(4)]
+    return transfer, local
+
+
 def _vectors(seed=0):
     g = torch.Generator().manual_seed(seed)
     return SteeringVectors("en_transfer_ko", torch.randn(4, 32, generator=g), [0, 1, 2, 3], torch.ones(4),
@@ -93,7 +104,7 @@ def test_surgical_config_saves_provenance(tmp_path):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_prefix_cache_replay_equals_full_forward(arch):
-    """Replaying layers <= l (KV-cache updates included) gives the steered full forward's log-probs."""
+    """One recorded pass replays any grid layer (KV-cache updates included) like the steered full forward."""
     pytest.importorskip("interventions.steer")
     from evaluate.scoring import score_items
     from interventions.config import InterventionConfig
@@ -103,30 +114,56 @@ def test_prefix_cache_replay_equals_full_forward(arch):
     transfer, local = _items()  # multi-token candidates: the KV-cache continuation pass runs too
     items = transfer + local
     vec = _vectors()
-    prefix = S._PrefixCache(model, 1)
+    prefix = S._PrefixCache(model, [3, 1, 0])
     with prefix.record():
         base = score_items(model, tok, items, batch_size=4, progress=False)
-    for coef in (0.0, 5.0):
-        cfg = InterventionConfig.for_model(model, [vec.intervention(1, coefficient=coef)])
-        with steer(model, cfg):
-            full = score_items(model, tok, items, batch_size=4, progress=False)
-        with steer(model, cfg), prefix.replay():
-            cached = score_items(model, tok, items, batch_size=4, progress=False)
-        for f, c in zip(full, cached):
-            assert c.logprob == pytest.approx(f.logprob, abs=1e-5)
-        if coef == 0.0:
-            for f, b in zip(full, base):
-                assert f.logprob == pytest.approx(b.logprob, abs=1e-5)
-        else:
-            assert any(abs(f.logprob[0] - b.logprob[0]) > 1e-3 for f, b in zip(full, base))  # steering bites
-    assert "forward" not in vars(decoder_layers(model)[0])  # patches removed
+    assert prefix.grid == [0, 1, 3] and len(prefix.outputs[3]) == len(prefix.updates) > 3  # prompt + cont. calls
+    for layer in (0, 1, 3):
+        for coef in (0.0, 5.0):
+            cfg = InterventionConfig.for_model(model, [vec.intervention(layer, coefficient=coef)])
+            with steer(model, cfg):
+                full = score_items(model, tok, items, batch_size=4, progress=False)
+            with steer(model, cfg), prefix.replay(layer):
+                cached = score_items(model, tok, items, batch_size=4, progress=False)
+            for f, c in zip(full, cached):
+                assert c.logprob == pytest.approx(f.logprob, abs=1e-5)
+            if coef == 0.0:
+                for f, b in zip(full, base):
+                    assert f.logprob == pytest.approx(b.logprob, abs=1e-5)
+            else:
+                assert any(abs(f.logprob[0] - b.logprob[0]) > 1e-3 for f, b in zip(full, base))  # steering bites
+    assert all("forward" not in vars(m) for m in decoder_layers(model))  # patches removed
+    with pytest.raises(ValueError, match="not recorded"):
+        prefix.replay(2)
+    with pytest.raises(RuntimeError, match="does not match the recorded pass"), prefix.replay(1):
+        score_items(model, tok, items + items, batch_size=4, progress=False)
 
 
-def test_cached_sweep_rows_equal_reference_sweep():
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_cached_sweep_rows_equal_reference_sweep(relative, positions):
+    """Several layers (unsorted, the last one included), KV-cache continuation pass, absolute and relative."""
     pytest.importorskip("interventions.steer")
     model, tok = tiny_model("gemma3"), char_tokenizer()
-    transfer, local = _items()
+    transfer, local = _equal_length_items()  # multi-token candidates: the KV-cache continuation pass runs
     vec = _vectors()
-    kw = dict(layers=[0, 2], coefficients=[-20.0, 20.0], transfer_items=transfer, localization_items=local,
-              batch_size=4, progress=False)
-    assert S.cached_sweep(model, tok, vec, **kw) == S.sweep(model, tok, vec, **kw)
+    coefs = [-2.0, 0.5, 2.0] if relative else [-20.0, 20.0]
+    kw = dict(layers=[2, 0, 3], coefficients=coefs, transfer_items=transfer, localization_items=local,
+              relative=relative, positions=positions, batch_size=4, progress=False)
+    cached, reference = S.cached_sweep(model, tok, vec, **kw), S.sweep(model, tok, vec, **kw)
+    assert [(r["layer"], r["coefficient"]) for r in cached] == [(r["layer"], r["coefficient"]) for r in reference]
+    assert cached == reference
+    assert any(r["transfer_gain"] or r["localization_gain"] for r in reference)  # the grid moves scores
+    if relative:
+        assert [r["alpha"] for r in cached[:3]] == coefs
+
+
+def test_cached_sweep_one_axis_only():
+    pytest.importorskip("interventions.steer")
+    model, tok = tiny_model("llama"), char_tokenizer()
+    transfer, _ = _items()
+    vec = _vectors()
+    kw = dict(layers=[1], coefficients=[30.0], transfer_items=transfer, localization_items=[], progress=False)
+    rows = S.cached_sweep(model, tok, vec, **kw)
+    assert rows == S.sweep(model, tok, vec, **kw)
+    assert rows[0]["localization_score"] is None and rows[0]["localization_gain"] is None
