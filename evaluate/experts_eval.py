@@ -88,43 +88,71 @@ def bootstrap_ratio(before: np.ndarray, after: np.ndarray, n_boot: int = 2000, s
     return float(point), float(lo), float(hi)
 
 
-def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, apply_to: str = "both",
-                    seed: int = 0, batch_size: int = 16) -> list[dict]:
+APPLY_TO = ("source", "both")
+LAYER_SUMMARIES = ("mean", "middle")
+"""Pre-registered layer summaries: ``mean`` averages each sentence's hits over all layers, ``middle`` is layer
+``n_layers // 2``. Neither is chosen by looking at the ratios (a max over layers would be post hoc)."""
+
+
+def _apply_modes(apply_to) -> list[str]:
+    modes = [apply_to] if isinstance(apply_to, str) else list(apply_to)
+    if not modes or any(m not in APPLY_TO for m in modes):
+        raise ValueError(f"apply_to: expected 'source', 'both' or a list of them, got {apply_to!r}")
+    return list(dict.fromkeys(modes))
+
+
+def _ratio_row(common: dict, layer, after: np.ndarray, before: np.ndarray, seed: int) -> dict:
+    ratio, r_lo, r_hi = bootstrap_ratio(before, after, seed=seed)
+    _, a_lo, a_hi = bootstrap_ci(after, n_boot=2000, seed=seed)
+    return {**common, "layer": layer, "top1": float(after.mean()), "top1_ci": [a_lo, a_hi],
+            "top1_before": float(before.mean()), "ratio": ratio, "ratio_ci": [r_lo, r_hi]}
+
+
+def retrieval_sweep(model, tokenizer, ranking, ks: Sequence[int], n: int = 200, apply_to="both",
+                    seed: int = 0, batch_size: int = 16, en_base: torch.Tensor | None = None) -> list[dict]:
     """Top-1 retrieval L->en and en->L per layer for k=0 (before) and every k, with after/before ratios.
 
     ``apply_to="source"`` forces the experts only while encoding the L sentences (English stays the base model's);
-    ``"both"`` encodes both sides with the experts forced.
+    ``"both"`` encodes both sides with the experts forced; a list of both modes shares the forward passes.
+    Besides one row per layer, rows with ``layer`` ``"mean"`` and ``"middle"`` hold the pre-registered summaries.
+    ``en_base``: the unsteered English representations of the first ``n`` sentences, if already computed (they
+    are the same for every language).
     """
     from evaluate.loaders import load_flores
     from tqdm.auto import tqdm
 
-    if apply_to not in ("source", "both"):
-        raise ValueError(f"apply_to: expected 'source' or 'both', got {apply_to!r}")
+    modes = _apply_modes(apply_to)
     lang = ranking.language
     lo, hi = RETRIEVAL_SENTENCES
     if not 0 < n <= hi - lo:
         raise ValueError(f"n: expected 1..{hi - lo} devtest sentences for retrieval, got {n}")
     src_texts, en_texts = load_flores(lang, "devtest")[lo:lo + n], load_flores("en", "devtest")[lo:lo + n]
-    en_base = layer_representations(model, tokenizer, en_texts, batch_size=batch_size)
+    if en_base is None:
+        en_base = layer_representations(model, tokenizer, en_texts, batch_size=batch_size)
+    elif en_base.shape[1] != n:
+        raise ValueError(f"en_base: expected representations of {n} sentences, got {en_base.shape[1]}")
     src_base = layer_representations(model, tokenizer, src_texts, batch_size=batch_size)
     base = {"L->en": retrieval_hits(src_base, en_base), "en->L": retrieval_hits(en_base, src_base)}
+    middle = base["L->en"].shape[0] // 2
     rows = []
     for k in tqdm(sorted({0, *ks}), desc=f"retrieval {lang}"):  # k=0 rows: the baseline itself
-        if k == 0:
-            hits = base
-        else:
+        hits_by_mode = {m: base for m in modes}
+        if k > 0:
             config = ranking.config(model, k)
             src = layer_representations(model, tokenizer, src_texts, config, batch_size)
-            en = layer_representations(model, tokenizer, en_texts, config, batch_size) if apply_to == "both" else en_base
-            hits = {"L->en": retrieval_hits(src, en), "en->L": retrieval_hits(en, src)}
-        for direction, h in hits.items():
-            for layer in range(h.shape[0]):
-                after, before = h[layer].numpy(), base[direction][layer].numpy()
-                ratio, r_lo, r_hi = bootstrap_ratio(before, after, seed=seed)
-                _, a_lo, a_hi = bootstrap_ci(after, n_boot=2000, seed=seed)
-                rows.append({"language": lang, "k": k, "direction": direction, "layer": layer, "n": n,
-                             "apply_to": apply_to, "top1": float(after.mean()), "top1_ci": [a_lo, a_hi],
-                             "top1_before": float(before.mean()), "ratio": ratio, "ratio_ci": [r_lo, r_hi]})
+            en = layer_representations(model, tokenizer, en_texts, config, batch_size) if "both" in modes else None
+            for m in modes:
+                target = en if m == "both" else en_base
+                hits_by_mode[m] = {"L->en": retrieval_hits(src, target), "en->L": retrieval_hits(target, src)}
+        for m, hits in hits_by_mode.items():
+            for direction, h in hits.items():
+                common = {"language": lang, "k": k, "direction": direction, "n": n, "apply_to": m}
+                after, before = h.float().numpy(), base[direction].float().numpy()
+                for layer in range(h.shape[0]):
+                    rows.append(_ratio_row(common, layer, after[layer], before[layer], seed))
+                rows.append(_ratio_row(common, "mean", after.mean(0), before.mean(0), seed))
+                rows.append(_ratio_row({**common, "middle_layer": middle}, "middle", after[middle], before[middle],
+                                       seed))
     return rows
 
 
@@ -194,27 +222,42 @@ def write_rows(rows: list[dict], path: str | Path) -> None:
     Path(path).write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 
 
-def best_layer_rows(rows: list[dict]) -> list[dict]:
-    """Per (language, k>0, direction): the layer with the highest after/before ratio, and the mean over layers."""
-    out = []
-    keys = sorted({(r["language"], r["k"], r["direction"]) for r in rows if r["k"] > 0})
-    for key in keys:
-        sel = [r for r in rows if (r["language"], r["k"], r["direction"]) == key and np.isfinite(r["ratio"])]
-        if not sel:
-            continue
-        best = max(sel, key=lambda r: r["ratio"])
-        out.append({**best, "mean_top1": float(np.mean([r["top1"] for r in sel])),
-                    "mean_top1_before": float(np.mean([r["top1_before"] for r in sel]))})
+def layer_rows(rows: list[dict]) -> list[dict]:
+    """The per-layer rows (without the ``mean``/``middle`` summaries)."""
+    return [r for r in rows if isinstance(r["layer"], int)]
+
+
+def summary_rows(rows: list[dict], summaries: Sequence[str] = LAYER_SUMMARIES) -> list[dict]:
+    """Rows of the pre-registered layer summaries for k > 0, sorted by language, apply_to, k, direction."""
+    sel = [r for r in rows if r["layer"] in summaries and r["k"] > 0]
+    return sorted(sel, key=lambda r: (r["language"], r.get("apply_to", ""), r["k"], r["direction"],
+                                      list(summaries).index(r["layer"])))
+
+
+def max_layer_rows(rows: list[dict]) -> list[dict]:
+    """Per (language, apply_to, k>0, direction): the layer with the highest ratio (post hoc: for comparison with
+    the paper's "up to" numbers only)."""
+    out, per = [], layer_rows(rows)
+    for key in sorted({(r["language"], r.get("apply_to", ""), r["k"], r["direction"]) for r in per if r["k"] > 0}):
+        sel = [r for r in per if (r["language"], r.get("apply_to", ""), r["k"], r["direction"]) == key
+               and np.isfinite(r["ratio"])]
+        if sel:
+            out.append(max(sel, key=lambda r: r["ratio"]))
     return out
 
 
 def format_ratios(rows: list[dict]) -> str:
-    lines = ["| language | k | direction | best layer | top-1 before | top-1 after | ratio [95% CI] | "
-             "mean top-1 over layers before -> after |", "|---|---|---|---|---|---|---|---|"]
-    for r in best_layer_rows(rows):
-        lines.append(f"| {r['language']} | {r['k']} | {r['direction']} | {r['layer']} | {r['top1_before']:.3f} | "
-                     f"{r['top1']:.3f} | {r['ratio']:.2f} [{r['ratio_ci'][0]:.2f}, {r['ratio_ci'][1]:.2f}] | "
-                     f"{r['mean_top1_before']:.3f} -> {r['mean_top1']:.3f} |")
+    """Markdown table: pre-registered summaries (mean over layers, middle layer), plus the post hoc max layer."""
+    best = {(r["language"], r.get("apply_to", ""), r["k"], r["direction"]): r for r in max_layer_rows(rows)}
+    lines = ["| language | apply to | k | direction | layers | top-1 before | top-1 after | ratio [95% CI] | "
+             "post hoc max layer: ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary_rows(rows):
+        where = "mean" if r["layer"] == "mean" else f"middle ({r.get('middle_layer')})"
+        b = best.get((r["language"], r.get("apply_to", ""), r["k"], r["direction"]))
+        post = f"{b['layer']}: {b['ratio']:.2f}" if b and r["layer"] == "mean" else ""
+        lines.append(f"| {r['language']} | {r.get('apply_to', '')} | {r['k']} | {r['direction']} | {where} | "
+                     f"{r['top1_before']:.3f} | {r['top1']:.3f} | {r['ratio']:.2f} [{r['ratio_ci'][0]:.2f}, "
+                     f"{r['ratio_ci'][1]:.2f}] | {post} |")
     return "\n".join(lines)
 
 
@@ -226,19 +269,28 @@ def plot_retrieval(rows: list[dict], path: str | Path) -> None:
     import pandas as pd
     import seaborn as sns
 
-    df = pd.DataFrame([{k: v for k, v in r.items() if not k.endswith("_ci")} for r in rows])
-    grid = sns.relplot(data=df, x="layer", y="top1", hue="k", col="direction", kind="line", marker="o",
-                       palette="viridis", height=3.2, aspect=1.3)
+    df = pd.DataFrame([{k: v for k, v in r.items() if not k.endswith("_ci")} for r in layer_rows(rows)])
+    grid = sns.relplot(data=df, x="layer", y="top1", hue="k", col="direction", row="apply_to", kind="line",
+                       marker="o", palette="viridis", height=3.2, aspect=1.3)
     grid.set_axis_labels("layer (block_output)", "top-1 retrieval")
     grid.figure.suptitle(f"FLORES devtest retrieval, {df['language'].iloc[0]} experts forced "
-                         f"({df['apply_to'].iloc[0]}, n={df['n'].iloc[0]})", y=1.03)
+                         f"(n={df['n'].iloc[0]}; rows: experts forced on L only / on L and en)", y=1.03)
     grid.savefig(str(path), dpi=120, bbox_inches="tight")
     matplotlib.pyplot.close(grid.figure)
 
 
+def english_representations(model, tokenizer, n: int, batch_size: int = 16) -> torch.Tensor:
+    """Unsteered representations of the English side of retrieval (shared by every language's sweep)."""
+    from evaluate.loaders import load_flores
+
+    lo, _ = RETRIEVAL_SENTENCES
+    return layer_representations(model, tokenizer, load_flores("en", "devtest")[lo:lo + n], batch_size=batch_size)
+
+
 def run_report(model, tokenizer, rankings: dict, ks: Sequence[int], out: str | Path, retrieval_n: int = 200,
-               apply_to: str = "both", side_effect_k: int | None = None, n_prompts: int = 30,
-               new_tokens: int = 20, n_perplexity: int = 50, seed: int = 0, meta: dict | None = None) -> dict:
+               apply_to="both", side_effect_k: int | None = None, n_prompts: int = 30,
+               new_tokens: int = 20, n_perplexity: int = 50, seed: int = 0, meta: dict | None = None,
+               batch_size: int = 16) -> dict:
     """Retrieval sweep + side effects + plots for every language; rewrites the tables and REPORT.md after each."""
     import time
 
@@ -246,9 +298,11 @@ def run_report(model, tokenizer, rankings: dict, ks: Sequence[int], out: str | P
     out.mkdir(parents=True, exist_ok=True)
     ks = sorted({0, *ks})
     all_rows, effects, timings = [], [], {}
+    en_base = english_representations(model, tokenizer, retrieval_n, batch_size)
     for lang, ranking in rankings.items():
         t0 = time.time()
-        rows = retrieval_sweep(model, tokenizer, ranking, ks, n=retrieval_n, apply_to=apply_to, seed=seed)
+        rows = retrieval_sweep(model, tokenizer, ranking, ks, n=retrieval_n, apply_to=apply_to, seed=seed,
+                               batch_size=batch_size, en_base=en_base)
         write_rows(rows, out / f"retrieval_{lang}.json")
         plot_retrieval(rows, out / f"retrieval_{lang}.png")
         all_rows += rows
@@ -261,6 +315,11 @@ def run_report(model, tokenizer, rankings: dict, ks: Sequence[int], out: str | P
     return {"rows": all_rows, "side_effects": effects}
 
 
+def _ci(effect: dict) -> str:
+    lo, hi = effect.get("script_share_ci", (float("nan"),) * 2)
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
 def _write_report(out, rankings, ks, all_rows, effects, retrieval_n, apply_to, meta, timings) -> None:
     import platform
 
@@ -270,7 +329,10 @@ def _write_report(out, rankings, ks, all_rows, effects, retrieval_n, apply_to, m
     lines = ["# Language experts: retrieval and side effects", "",
              f"Model: {meta.get('model') if meta else ''}; ks={ks}; retrieval n={retrieval_n} FLORES devtest "
              f"sentences per language, experts forced on {apply_to}; 95% paired bootstrap CIs over sentences.", "",
-             "## Retrieval ratios (after/before), best layer per (language, k, direction)", "",
+             "## Retrieval ratios (after/before)", "",
+             "Pre-registered layer summaries: the mean over all layers (each sentence's hits averaged over layers) "
+             "and the middle layer. The last column is the layer with the highest ratio, chosen after the fact "
+             "(shown only to compare with the paper's \"up to\" figure).", "",
              format_ratios(all_rows), ""]
     if effects:
         lines += ["## Side effects", "", "| language | k | perplexity before -> after | script share before -> after |",
@@ -278,7 +340,7 @@ def _write_report(out, rankings, ks, all_rows, effects, retrieval_n, apply_to, m
         for e in effects:
             b, a = e["before"], e["after"]
             lines.append(f"| {e['language']} | {e['k']} | {b['perplexity']:.1f} -> {a['perplexity']:.1f} | "
-                         f"{b['script_share']:.3f} -> {a['script_share']:.3f} |")
+                         f"{b['script_share']:.3f} {_ci(b)} -> {a['script_share']:.3f} {_ci(a)} |")
         lines.append("")
     done = sorted({r["language"] for r in all_rows})
     lines += ["## Plots", ""] + [f"![{lang}](retrieval_{lang}.png)" for lang in done] + [""]

@@ -10,12 +10,15 @@ component           meaning                                                     
 ``attention_output`` output of layer L's attention block (before the residual)  hidden
 ``mlp_output``      output of layer L's MLP block (before the residual)         hidden
 ``mlp_hidden``      the MLP neurons: input of layer L's MLP down-projection     intermediate
+``attention_heads`` concatenated head outputs: input of the attention output    heads x
+                    projection (``o_proj``)                                     head_dim
 ==================  ==========================================================  ===========
 
 Resolution is generic: the decoder-layer list is found as the ``nn.ModuleList`` whose length is
 the text model's ``num_hidden_layers`` (outside any vision tower); attention and MLP blocks are
 found inside a layer by name and class name; the down-projection is the MLP's linear child that
-maps back to the hidden size. PEFT wrappers (``PeftModel``/LoRA) and multimodal wrappers whose
+maps back to the hidden size; the attention output projection is the attention block's linear child
+named ``o_proj``/``c_proj``/``dense``/``out_proj`` that maps to the hidden size. PEFT wrappers (``PeftModel``/LoRA) and multimodal wrappers whose
 text stack is inside (e.g. ``Gemma3ForConditionalGeneration``) are seen through.
 """
 
@@ -26,14 +29,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-COMPONENTS = ("block_input", "block_output", "attention_output", "mlp_output", "mlp_hidden")
+COMPONENTS = ("block_input", "block_output", "attention_output", "mlp_output", "mlp_hidden", "attention_heads")
 """The canonical component names."""
+
+UNIT_COMPONENTS = ("mlp_hidden", "attention_heads")
+"""Components that hold *units* (the input of a projection), whose width is not the hidden size."""
 
 INPUT_HOOK = "register_forward_pre_hook"
 OUTPUT_HOOK = "register_forward_hook"
 
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "ff")
+_ATTENTION_OUT_NAMES = ("o_proj", "c_proj", "dense", "out_proj")
 _VISION_HINTS = ("vision", "visual", "image", "audio", "encoder")
 
 
@@ -167,6 +174,18 @@ def _down_projection(mlp: nn.Module, hidden: int) -> tuple[str, int]:
     return found[0]
 
 
+def _output_projection(attention: nn.Module, hidden: int) -> tuple[str, int]:
+    """(name, in_features) of the attention block's output projection (by name; it must map to ``hidden``)."""
+    for name in _ATTENTION_OUT_NAMES:
+        module = getattr(attention, name, None)
+        shape = _linear_shape(module) if isinstance(module, nn.Module) else None
+        if shape is not None and shape[1] == hidden:
+            return name, shape[0]
+    raise ValueError(f"cannot identify the output projection of {type(attention).__name__}: expected a linear "
+                     f"child named one of {list(_ATTENTION_OUT_NAMES)} with {hidden} outputs; children: "
+                     f"{[n for n, _ in attention.named_children()]}")
+
+
 def resolve(model: nn.Module, component: str, layer: int) -> ResolvedComponent:
     """Resolve a canonical component at ``layer`` to a module path in :func:`unwrap` ``(model)``."""
     if component not in COMPONENTS:
@@ -181,9 +200,12 @@ def resolve(model: nn.Module, component: str, layer: int) -> ResolvedComponent:
         return ResolvedComponent(component, layer, prefix, INPUT_HOOK, hidden)
     if component == "block_output":
         return ResolvedComponent(component, layer, prefix, OUTPUT_HOOK, hidden)
-    if component == "attention_output":
+    if component in ("attention_output", "attention_heads"):
         name = _child(block, _ATTENTION_NAMES, "attention")
-        return ResolvedComponent(component, layer, f"{prefix}.{name}", OUTPUT_HOOK, hidden)
+        if component == "attention_output":
+            return ResolvedComponent(component, layer, f"{prefix}.{name}", OUTPUT_HOOK, hidden)
+        out_proj, width = _output_projection(getattr(block, name), hidden)
+        return ResolvedComponent(component, layer, f"{prefix}.{name}.{out_proj}", INPUT_HOOK, width)
     mlp_name = _child(block, _MLP_NAMES, "mlp")
     if component == "mlp_output":
         return ResolvedComponent(component, layer, f"{prefix}.{mlp_name}", OUTPUT_HOOK, hidden)
@@ -192,5 +214,6 @@ def resolve(model: nn.Module, component: str, layer: int) -> ResolvedComponent:
 
 
 def component_width(model: nn.Module, component: str) -> int:
-    """Width of ``component`` (hidden size, or the MLP's intermediate size for ``mlp_hidden``)."""
+    """Width of ``component``: the hidden size, the MLP's intermediate size for ``mlp_hidden``, heads x head_dim
+    for ``attention_heads``."""
     return resolve(model, component, 0).width

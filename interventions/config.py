@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Union
 import torch
 from torch import nn
 
-from .components import COMPONENTS, component_width, hidden_size, num_layers, unwrap
+from .components import COMPONENTS, UNIT_COMPONENTS, component_width, hidden_size, num_layers, unwrap
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "intervention_config.json"
@@ -203,7 +203,7 @@ class InterventionConfig:
             iv._validate_own(where)
             if isinstance(iv, AdditiveIntervention):
                 width = component_width(model, iv.component) if model is not None else (
-                    hidden if iv.component != "mlp_hidden" else None)
+                    hidden if iv.component not in UNIT_COMPONENTS else None)
                 if width is not None and iv.width() != width:
                     raise InterventionConfigError(f"{where}.vector", f"expected shape ({width},) for "
                                                   f"{iv.component}, got {tuple(iv.vector.shape)}")

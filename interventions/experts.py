@@ -10,9 +10,10 @@ excluded). A unit's *expertise* for language L is the average precision (AP) of 
 FLORES sentences in L (positives) from sentences in the other languages (negatives). The top-k units by AP
 are L's experts; the intervention forces each to its median response over the positives at every position.
 
-Memory is bounded: one streaming pass keeps, per language and unit, a fixed-bin histogram of responses
-(:class:`StreamingAP`), whose size does not depend on the number of sentences. AP and medians are read off
-the cumulative counts. Because the negatives for L are the positives of the other languages, a single pass
+Both unit components resolve (:func:`interventions.components.resolve`) to the module whose input holds the
+units, exactly where :func:`interventions.steer.steer` forces them. Memory is bounded: one streaming pass keeps,
+per language and unit, a fixed-bin histogram of responses (:class:`interventions.expert_ap.StreamingAP`), whose
+size does not depend on the number of sentences. Because the negatives for L are the positives of the other languages, a single pass
 over all languages ranks the units for every language at once.
 """
 
@@ -27,215 +28,27 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from interventions.components import decoder_layers, decoder_stack, resolve, unwrap
+from interventions.components import UNIT_COMPONENTS, decoder_layers, decoder_stack, resolve, unwrap
+from interventions.expert_ap import StreamingAP, average_precision_exact  # noqa: F401  (re-exported)
 from interventions.vectors import tokenize
 
 logger = logging.getLogger(__name__)
 
-UNIT_COMPONENTS = {
-    "mlp_hidden": ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "feed_forward.w2"),
-    "attention_heads": ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attn.dense",
-                        "self_attn.out_proj"),
-}
-"""Unit components -> candidate module paths (inside a decoder layer) whose *input* holds the units."""
-
 DEFAULT_LANGUAGES = ("en", "ar", "es", "id", "ko", "zh")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Average precision: exact reference and bounded-memory streaming histogram
-# ----------------------------------------------------------------------------------------------------------
-
-def average_precision_exact(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Exact AP (same definition as sklearn's ``average_precision_score``: tied scores form one threshold)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    if labels.sum() == 0:
-        raise ValueError("labels: expected at least one positive")
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tp = np.cumsum(y)[last_of_tie]
-    fp = (last_of_tie + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def _histogram_ap(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """AP from per-bin counts ``[U, bins]`` (highest bin first), positives and negatives randomly mixed in a bin.
-
-    Inside a bin holding p positives and q negatives after a = TP, b = TP + FP items above it, the j-th positive
-    has precision ~ (a + j) / (b + j (p + q) / p); the sum over j is the integral of that curve over
-    [1/2, p + 1/2] (closed form). This removes most of the tie bias of treating a bin as one threshold.
-    """
-    a = pos.cumsum(-1) - pos
-    b = a + neg.cumsum(-1) - neg
-    c = (pos + neg) / pos.clamp_min(1)
-    safe_c = c.clamp_min(1)
-
-    def antiderivative(x):
-        return x / safe_c + (a - b / safe_c) / safe_c * torch.log(b + safe_c * x)
-
-    area = antiderivative(pos + 0.5) - antiderivative(torch.full_like(pos, 0.5))
-    area = torch.where(pos > 0, area, torch.zeros_like(area))
-    return area.sum(-1) / pos.sum(-1).clamp_min(1)
-
-
-class StreamingAP:
-    """Per-group, per-unit histograms of responses: AP and medians in memory independent of n.
-
-    The bin range of each unit is fixed from the first ``calibration`` responses (buffered, a constant
-    ``calibration x n_units`` floats): their min..max widened by ``margin`` of the span on each side. Values beyond
-    it land in two overflow bins, whose medians are interpolated towards the running per-unit minimum / maximum.
-    Size: ``n_groups * n_units * (bins + 2)`` int32 counts plus O(n_groups * n_units), whatever the number of
-    sentences.
-    """
-
-    def __init__(self, n_groups: int, bins: int = 512, margin: float = 0.25, calibration: int = 64):
-        if n_groups < 2:
-            raise ValueError(f"n_groups: expected >= 2 (positives and negatives), got {n_groups}")
-        if bins < 2:
-            raise ValueError(f"bins: expected >= 2, got {bins}")
-        self.n_groups, self.bins, self.margin, self.calibration = n_groups, bins, margin, calibration
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.counts: torch.Tensor | None = None  # [G, U, bins + 2] int32
-        self.low = self.width = None  # [U]
-        self.minimum = self.maximum = None  # [G, U]
-
-    @property
-    def n_units(self) -> int:
-        self.flush()
-        return 0 if self.counts is None else self.counts.shape[1]
-
-    @property
-    def nbytes(self) -> int:
-        self.flush()
-        tensors = [self.counts, self.low, self.width, self.minimum, self.maximum]
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-
-    def group_sizes(self) -> torch.Tensor:
-        self.flush()
-        return self.counts[:, 0, :].sum(-1)
-
-    def _init(self, responses: torch.Tensor) -> None:
-        u = responses.shape[1]
-        lo, hi = responses.min(0).values, responses.max(0).values
-        span = (hi - lo).clamp_min(1e-6)
-        self.low = lo - self.margin * span
-        self.width = span * (1 + 2 * self.margin) / self.bins
-        self.counts = torch.zeros(self.n_groups, u, self.bins + 2, dtype=torch.int32)
-        self.minimum = torch.full((self.n_groups, u), float("inf"))
-        self.maximum = torch.full((self.n_groups, u), float("-inf"))
-
-    def update(self, responses: torch.Tensor, groups: torch.Tensor | Sequence[int]) -> None:
-        """Add ``responses[b, U]`` of ``b`` sentences whose group (language) indices are ``groups[b]``."""
-        responses = responses.detach().float().cpu()
-        groups = torch.as_tensor(groups, dtype=torch.long).cpu()
-        if responses.ndim != 2 or groups.shape != (responses.shape[0],):
-            raise ValueError(f"responses/groups: expected [b, U] and [b], got {tuple(responses.shape)} "
-                             f"and {tuple(groups.shape)}")
-        if groups.numel() and (groups.min() < 0 or groups.max() >= self.n_groups):
-            raise ValueError(f"groups: expected indices in [0, {self.n_groups}), got {groups.tolist()}")
-        if self.counts is None:
-            if self._pending and responses.shape[1] != self._pending[0][0].shape[1]:
-                raise ValueError(f"responses: expected {self._pending[0][0].shape[1]} units, got {responses.shape[1]}")
-            self._pending.append((responses, groups))
-            if sum(len(g) for _, g in self._pending) >= self.calibration:
-                self.flush()
-            return
-        if responses.shape[1] != self.n_units:
-            raise ValueError(f"responses: expected {self.n_units} units, got {responses.shape[1]}")
-        self._add(responses, groups)
-
-    def flush(self) -> None:
-        """Fix the bin ranges from the buffered calibration responses and count them (called when needed)."""
-        if self.counts is not None or not self._pending:
-            return
-        responses = torch.cat([r for r, _ in self._pending])
-        groups = torch.cat([g for _, g in self._pending])
-        self._pending = []
-        self._init(responses)
-        self._add(responses, groups)
-
-    def _add(self, responses: torch.Tensor, groups: torch.Tensor) -> None:
-        u, nb = self.n_units, self.bins + 2
-        idx = torch.floor((responses - self.low) / self.width).long() + 1
-        idx = idx.clamp_(0, nb - 1)
-        flat = (groups[:, None] * u + torch.arange(u)[None, :]) * nb + idx
-        self.counts.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.int32))
-        for g in groups.unique().tolist():
-            r = responses[groups == g]
-            self.minimum[g] = torch.minimum(self.minimum[g], r.min(0).values)
-            self.maximum[g] = torch.maximum(self.maximum[g], r.max(0).values)
-
-    def average_precision(self, positive: int | Sequence[int], chunk: int = 8192) -> torch.Tensor:
-        """AP of every unit at ranking the ``positive`` group(s) above the rest -> float64 [U]."""
-        self.flush()
-        if self.counts is None:
-            raise ValueError("StreamingAP: no responses were added")
-        pos_groups = [positive] if isinstance(positive, int) else list(positive)
-        out = torch.empty(self.n_units, dtype=torch.float64)
-        for start in range(0, self.n_units, chunk):
-            c = self.counts[:, start:start + chunk]
-            pos_int = c[pos_groups].sum(0)
-            pos = pos_int.flip(-1).to(torch.float64)  # highest bin first
-            neg = (c.sum(0) - pos_int).flip(-1).to(torch.float64)
-            out[start:start + chunk] = _histogram_ap(pos, neg)
-        return out
-
-    def median(self, group: int | Sequence[int], units: torch.Tensor) -> torch.Tensor:
-        """Median response of ``units`` over the sentences of ``group``, interpolated inside its bin."""
-        self.flush()
-        gs = [group] if isinstance(group, int) else list(group)
-        units = torch.as_tensor(units, dtype=torch.long)
-        c = self.counts[gs][:, units].to(torch.float64).sum(0)  # [k, bins + 2]
-        cum = c.cumsum(-1)
-        half = cum[:, -1:] / 2
-        b = torch.searchsorted(cum, half).squeeze(-1).clamp(max=c.shape[-1] - 1)  # first bin with cum >= half
-        before = torch.where(b > 0, cum.gather(1, (b - 1).clamp_min(0)[:, None]).squeeze(1), torch.zeros_like(half[:, 0]))
-        inside = c.gather(1, b[:, None]).squeeze(1).clamp_min(1)
-        frac = ((half[:, 0] - before) / inside).clamp(0, 1)
-        low, width = self.low[units].double(), self.width[units].double()
-        left = low + (b - 1).double() * width
-        right = left + width
-        lo_obs = self.minimum[gs][:, units].min(0).values.double()
-        hi_obs = self.maximum[gs][:, units].max(0).values.double()
-        left = torch.where(b == 0, lo_obs, left)
-        right = torch.where(b == 0, low, right)
-        left = torch.where(b == c.shape[-1] - 1, low + self.bins * width, left)
-        right = torch.where(b == c.shape[-1] - 1, hi_obs, right)
-        return (left + frac * (right - left)).float()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Unit responses from plain forward hooks
 # ----------------------------------------------------------------------------------------------------------
 
-def unit_module(layer: torch.nn.Module, component: str) -> torch.nn.Module:
-    """The module (inside one decoder layer) whose input holds ``component``'s units."""
-    if component not in UNIT_COMPONENTS:
-        raise ValueError(f"component: expected one of {sorted(UNIT_COMPONENTS)}, got {component!r}")
-    for path in UNIT_COMPONENTS[component]:
-        try:
-            return layer.get_submodule(path)
-        except AttributeError:
-            continue
-    raise ValueError(f"component: {component!r} not found in {type(layer).__name__} "
-                     f"(looked for {UNIT_COMPONENTS[component]})")
-
-
 def unit_modules(model, components: Sequence[str]) -> list[tuple[str, int, torch.nn.Module]]:
-    """(component, layer, module) for every block of units; ``mlp_hidden`` resolves as :func:`steer` does."""
-    layers = decoder_layers(model)
-    out = []
+    """(component, layer, module) for every block of units, resolved exactly as :func:`steer` resolves them."""
     for c in components:
-        for i, layer in enumerate(layers):
-            if c == "mlp_hidden":
-                out.append((c, i, unwrap(model).get_submodule(resolve(model, c, i).module_path)))
-            else:
-                out.append((c, i, unit_module(layer, c)))
-    return out
+        if c not in UNIT_COMPONENTS:
+            raise ValueError(f"component: expected one of {list(UNIT_COMPONENTS)}, got {c!r}")
+    base = unwrap(model)
+    return [(c, i, base.get_submodule(resolve(model, c, i).module_path))
+            for c in components for i in range(len(decoder_layers(model)))]
 
 
 def _module_input(args, kwargs) -> torch.Tensor:
@@ -320,13 +133,7 @@ class ExpertRanking:
 
     def interventions(self, k: int, positions: str = "all") -> list:
         """The top ``k`` experts as ``SetIntervention`` s, one per (component, layer)."""
-        from interventions.components import COMPONENTS
         from interventions.config import SetIntervention
-
-        bad = sorted({c for c, _, _ in self.blocks if c not in COMPONENTS} & {c for c, _, _, _ in self.top(k)})
-        if bad:
-            raise ValueError(f"components: {bad} can be measured but not yet applied by steer(); "
-                             f"rank with components=('mlp_hidden',) to build a config")
 
         ap = self.average_precision
         return [SetIntervention(name=f"experts_{self.language}.{comp}.{layer}", component=comp, layer=layer,

@@ -30,12 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--contrast", nargs="+", default=["en", "ar", "es", "id", "ko", "zh"],
                         help="languages of the positive/negative pool")
     common.add_argument("--components", nargs="+", default=["mlp_hidden"],
-                        help="unit components: mlp_hidden (applicable), attention_heads (measure only)")
+                        choices=["mlp_hidden", "attention_heads"],
+                        help="unit components: MLP neurons and/or concatenated attention head outputs")
     common.add_argument("--bins", type=int, default=512, help="histogram bins per unit (AP/median accuracy)")
     common.add_argument("--batch-size", type=int, default=16)
     common.add_argument("--retrieval-n", type=int, default=200, help="FLORES devtest sentences for retrieval")
-    common.add_argument("--apply-to", choices=["source", "both"], default="both",
-                        help="force experts when encoding only the L sentences (source) or L and en (both)")
+    common.add_argument("--apply-to", nargs="+", choices=["source", "both"], default=["both"],
+                        help="force experts when encoding only the L sentences (source) and/or L and en (both); "
+                             "both modes share the forward passes")
     common.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("find", parents=[common], help="find experts, save intervention directories")
     f.add_argument("--language", nargs="+", required=True, help="target language(s), ISO 639-1")
@@ -86,20 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     for lang, ranking in rankings.items():
         ranking.save(out / lang / "ranking")
         if args.command == "find":
-            applicable = all(c == "mlp_hidden" for c in args.components)
-            if applicable:
-                config = ranking.config(model, args.k)
-                config.save_pretrained(out / lang / f"experts_k{args.k}", model=model)
-                print(f"{lang}: wrote {out / lang / f'experts_k{args.k}'} "
-                      f"(top-{args.k} AP {ranking.average_precision[ranking.order[0]]:.3f}.."
-                      f"{ranking.average_precision[ranking.order[args.k - 1]]:.3f})")
+            config = ranking.config(model, args.k)
+            config.save_pretrained(out / lang / f"experts_k{args.k}", model=model)
+            print(f"{lang}: wrote {out / lang / f'experts_k{args.k}'} "
+                  f"(top-{args.k} AP {ranking.average_precision[ranking.order[0]]:.3f}.."
+                  f"{ranking.average_precision[ranking.order[args.k - 1]]:.3f})")
     if args.command == "find":
         if args.no_eval:
             return 0
         rows = []
+        en_base = experts_eval.english_representations(model, tokenizer, args.retrieval_n)
         for lang, ranking in rankings.items():
             rows += experts_eval.retrieval_sweep(model, tokenizer, ranking, ks, n=args.retrieval_n,
-                                                 apply_to=args.apply_to, seed=args.seed)
+                                                 apply_to=args.apply_to, seed=args.seed, en_base=en_base)
         experts_eval.write_rows(rows, out / "retrieval.json")
         print(experts_eval.format_ratios(rows))
         return 0

@@ -204,3 +204,116 @@ def test_gemma_experts_end_to_end(gemma):
     assert {r["k"] for r in rows} == {0, 50} and len(rows) == 2 * 2 * 18
     before = [r for r in rows if r["k"] == 0]
     assert all(r["ratio"] == pytest.approx(1.0) for r in before)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# attention_heads: a steerable unit component (input of the attention output projection)
+# ----------------------------------------------------------------------------------------------------------
+
+def _wide_heads_gemma3():
+    """A tiny Gemma 3 whose heads x head_dim (4 x 16 = 64) differs from the hidden size (32), as in gemma-3-270m."""
+    import transformers as tf
+
+    cfg = tf.Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                              query_pre_attn_scalar=16, max_position_embeddings=256, pad_token_id=0,
+                              bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+
+
+def _model(arch):
+    return _wide_heads_gemma3() if arch == "wide_gemma3" else tiny_model(arch)
+
+
+@pytest.mark.parametrize("arch,module_path,width", [
+    ("wide_gemma3", "model.layers.2.self_attn.o_proj", 64), ("llama", "model.layers.2.self_attn.o_proj", 32),
+    ("gpt2", "transformer.h.2.attn.c_proj", 32), ("gpt_neox", "gpt_neox.layers.2.attention.dense", 32)])
+def test_attention_heads_resolve_to_the_output_projection_input(arch, module_path, width):
+    from interventions.components import INPUT_HOOK, component_width, resolve
+
+    model = _model(arch)
+    where = resolve(model, "attention_heads", 2)
+    assert (where.module_path, where.hook_type, where.width) == (module_path, INPUT_HOOK, width)
+    assert component_width(model, "attention_heads") == width
+    assert [(c, i) for c, i, _ in unit_modules(model, ["attention_heads"])] == [("attention_heads", i)
+                                                                                for i in range(4)]
+
+
+@pytest.mark.parametrize("arch", ["wide_gemma3", "llama", "gpt2", "gpt_neox", "phi3"])
+def test_attention_heads_set_config_saved_and_loaded_reproduces_hand_written_hook(arch, tmp_path):
+    from interventions.components import resolve, unwrap
+    from interventions.config import InterventionConfig, SetIntervention
+    from interventions.steer import steer
+
+    model = _model(arch)
+    where = resolve(model, "attention_heads", 2)
+    units, values = torch.tensor([0, 5, where.width - 1]), torch.tensor([2.0, -1.5, 0.75])
+    config = InterventionConfig.for_model(model, [SetIntervention("heads", "attention_heads", 2, units, values)])
+    config.save_pretrained(tmp_path / "heads")
+    loaded = InterventionConfig.from_pretrained(tmp_path / "heads", model=model)
+    assert loaded.interventions[0].kind == "set" and loaded.interventions[0].component == "attention_heads"
+
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9], [0, 0, 1, 9, 10, 11]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+
+    def logits():
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).logits
+
+    base = logits()
+
+    def force(module, args):  # the definition: overwrite those coordinates of the o_proj input everywhere
+        h = args[0].clone()
+        h[..., units] = values.to(h.dtype)
+        return (h,) + tuple(args[1:])
+
+    handle = unwrap(model).get_submodule(where.module_path).register_forward_pre_hook(force)
+    expected = logits()
+    handle.remove()
+    assert not torch.allclose(expected, base, atol=1e-4), "forcing the units must change the logits"
+    with steer(model, loaded):
+        steered = logits()
+    torch.testing.assert_close(steered, expected, atol=1e-5, rtol=0)
+    assert torch.equal(logits(), base), "logits after the context must be bit-identical"
+
+
+def test_attention_heads_experts_found_saved_and_applied(tmp_path, monkeypatch):
+    from interventions.config import InterventionConfig
+    from interventions.steer import steer
+
+    corpus = {"en": [f"the cat number {i} sat" for i in range(12)],
+              "ko": [f"zzqq xx {i} qqzz" for i in range(12)]}
+    monkeypatch.setattr("evaluate.loaders.load_flores", lambda lang, split="dev": corpus[lang])
+    model, tok = _wide_heads_gemma3(), ByteTokenizer()
+    ko = find_experts(model, tok, ["en", "ko"], n=12, k_max=20, components=["mlp_hidden", "attention_heads"],
+                      bins=64, batch_size=6, progress=False)["ko"]
+    assert ko.average_precision.shape == (4 * 48 + 4 * 64,)
+    heads_only = find_experts(model, tok, ["en", "ko"], n=12, k_max=6, components=["attention_heads"], bins=64,
+                              batch_size=6, progress=False)["ko"]
+    config = heads_only.config(model, 6)
+    assert {iv.component for iv in config.interventions} == {"attention_heads"}
+    config.save_pretrained(tmp_path / "experts")
+    loaded = InterventionConfig.from_pretrained(tmp_path / "experts", model=model)
+    modules = dict(((c, i), m) for c, i, m in unit_modules(model, ["attention_heads"]))
+    seen = {}
+    ids = torch.tensor([tok.encode("some other text")])
+    with steer(model, loaded), torch.no_grad():
+        handles = [modules[("attention_heads", iv.layer)].register_forward_pre_hook(
+            lambda m, a, layer=iv.layer: seen.__setitem__(layer, a[0].detach().clone()))
+            for iv in loaded.interventions]
+        model(ids)
+    for h in handles:
+        h.remove()
+    for iv in loaded.interventions:
+        got = seen[iv.layer][..., iv.units]
+        torch.testing.assert_close(got, iv.values.expand_as(got))
+
+
+@pytest.mark.gemma
+def test_gemma_attention_heads_width(gemma):
+    from interventions.components import resolve
+
+    model, _ = gemma
+    where = resolve(model, "attention_heads", 0)
+    assert where.width == 4 * 256 and where.module_path.endswith("self_attn.o_proj")
