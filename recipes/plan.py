@@ -112,10 +112,31 @@ def _describe_actions(recipe: Recipe) -> dict[str, str]:
         "evaluate": (f"{len(e.variants)} variants x {len(e.languages)} languages x {len(e.tasks)} tasks "
                      f"({', '.join(e.variants)} | {', '.join(e.languages)} | {', '.join(e.tasks)}), "
                      f"split {e.split}, n<={e.n}"),
+        "experts": _describe_experts(recipe),
         "report": f"write {', '.join(r.formats)}{' + plots' if r.plots else ''}",
         "publish": (f"push {', '.join(p.push)} to {p.repo_id} ({'private' if p.private else 'public'})"
                     if p.enabled else "disabled"),
     }
+
+
+def experts_settings(recipe: Recipe) -> dict:
+    """The experts section with its defaults resolved (targets, contrast pool, ks, apply_to as a list)."""
+    x = dataclasses.asdict(recipe.experts)
+    targets = x["languages"] or [lang for lang in recipe.evaluate.languages if lang != "en"]
+    contrast = list(dict.fromkeys(["en"] + list(x["contrast"] or targets) + targets))
+    apply_to = [x["apply_to"]] if isinstance(x["apply_to"], str) else list(dict.fromkeys(x["apply_to"]))
+    return {**x, "languages": targets, "contrast": contrast, "ks": sorted(set(x["ks"] or [x["k"]])),
+            "apply_to": apply_to, "seed": recipe.seed}
+
+
+def _describe_experts(recipe: Recipe) -> str:
+    if not recipe.experts.enabled:
+        return "disabled"
+    x = experts_settings(recipe)
+    retrieval = (f"; FLORES devtest retrieval n={x['retrieval_n']} at k={x['ks']} ({'+'.join(x['apply_to'])})"
+                 if x["retrieval_n"] else "")
+    return (f"find {'+'.join(x['components'])} experts of {', '.join(x['languages'])} vs {', '.join(x['contrast'])} "
+            f"(n={x['n']} FLORES dev); save top-{x['k']} as set interventions{retrieval}")
 
 
 def stage_configs(recipe: Recipe) -> dict[str, tuple[dict, list[str], bool]]:
@@ -137,6 +158,7 @@ def stage_configs(recipe: Recipe) -> dict[str, tuple[dict, list[str], bool]]:
         "alignment": (align_cfg, ["model"], _uses_cla(recipe)),
         "steering": (steer_cfg, ["model"] + (["alignment"] if recipe.steering.compute_on == "cla" else []),
                      _steering_active(recipe) and (steer_eval or recipe.publish.enabled)),
+        "experts": (experts_settings(recipe), ["model"], recipe.experts.enabled),
         "evaluate": ({**d["evaluate"], "seed": recipe.seed},
                      ["model"] + (["alignment"] if cla_eval else []) + (["steering"] if steer_eval else []), True),
         "report": (d["report"], ["evaluate"], recipe.report.enabled),

@@ -137,6 +137,36 @@ class EvaluateConfig:
 
 
 @dataclass
+class ExpertsConfig:
+    enabled: bool = False
+    """Find language-expert units (Suau et al.; Sundar et al., ACL 2025) and save them as set-kind interventions."""
+    languages: Optional[list[Language]] = None
+    """Target languages (default: the evaluation languages other than English)."""
+    contrast: Optional[list[Language]] = None
+    """Pool of positives/negatives (default: English plus the target languages)."""
+    k: int = 10
+    """Experts forced in each saved intervention directory."""
+    ks: Optional[list[int]] = None
+    """k values of the retrieval report (default: [k])."""
+    n: int = 200
+    """FLORES dev sentences per language for finding."""
+    components: list[Literal["mlp_hidden", "attention_heads"]] = field(default_factory=lambda: ["mlp_hidden"])
+    apply_to: Union[Literal["source", "both"], list[Literal["source", "both"]]] = "both"
+    """Force the experts while encoding the L sentences only (source) or L and English (both), or a list of both."""
+    retrieval_n: int = 200
+    """FLORES devtest sentences per language for retrieval before/after (0: no retrieval report)."""
+    bins: int = 512
+    """Histogram bins per unit for the streaming AP."""
+    side_effects: bool = False
+    """Also measure script share of continuations and held-out perplexity before/after (at k)."""
+
+    def __post_init__(self):
+        from .experts_stage import check_experts_config
+
+        check_experts_config(self)
+
+
+@dataclass
 class ReportConfig:
     enabled: bool = True
     formats: list[Literal["md", "json", "csv"]] = field(default_factory=lambda: ["md", "json"])
@@ -165,6 +195,7 @@ class Recipe:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
 
@@ -172,7 +203,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-STAGES = ("model", "alignment", "steering", "evaluate", "report", "publish")
+STAGES = ("model", "alignment", "steering", "experts", "evaluate", "report", "publish")
 
 # ---------------------------------------------------------------- conversion
 

@@ -236,6 +236,13 @@ def compute_interventions(ctx: RunContext, model, out: Path):
     return config_cls.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
 
 
+def run_experts(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    _require("experts", "interventions.experts", "find_experts")
+    from .experts_stage import run_experts as run
+
+    return run(ctx, stage, out)
+
+
 def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     _require("evaluate", "evaluate.plane", "evaluate_plane")
     from .evaluation import run_evaluate as run
@@ -299,6 +306,6 @@ def run_publish(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext, StagePlan, Path], dict]] = {
-    "model": run_model, "alignment": run_alignment, "steering": run_steering,
+    "model": run_model, "alignment": run_alignment, "steering": run_steering, "experts": run_experts,
     "evaluate": run_evaluate, "report": run_report, "publish": run_publish,
 }

@@ -1,0 +1,121 @@
+"""The recipe's optional ``experts`` section and stage (find experts, save set-kind interventions, retrieval)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from recipes.plan import StageWriter, make_plan
+from recipes.run import main
+from recipes.schema import STAGES, RecipeError, recipe_from_dict
+from recipes.validate import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "recipes" / "configs" / "experts.yaml"
+
+
+def test_section_defaults_off_and_accepts_values():
+    recipe = recipe_from_dict({})
+    assert recipe.experts.enabled is False and "experts" in STAGES
+    plan = make_plan(recipe, Path("/tmp/unused"))
+    assert not plan.stages["experts"].active
+    recipe = recipe_from_dict({"experts": {"enabled": True, "languages": ["ko"], "k": 7, "ks": [20, 5],
+                                           "components": ["mlp_hidden", "attention_heads"],
+                                           "apply_to": ["source", "both"], "retrieval_n": 0}})
+    stage = make_plan(recipe, Path("/tmp/unused")).stages["experts"]
+    assert stage.active and stage.upstream == ["model"]
+    assert stage.config["contrast"] == ["en", "ko"] and stage.config["ks"] == [5, 20]
+    assert stage.config["apply_to"] == ["source", "both"]
+
+
+def test_stage_hash_follows_its_settings():
+    a = make_plan(recipe_from_dict({"experts": {"enabled": True}}), Path("/tmp/unused")).stages["experts"]
+    b = make_plan(recipe_from_dict({"experts": {"enabled": True, "k": 11}}), Path("/tmp/unused")).stages["experts"]
+    c = make_plan(recipe_from_dict({"experts": {"enabled": True}, "evaluate": {"languages": ["ko"]}}),
+                  Path("/tmp/unused")).stages["experts"]
+    assert len({a.hash, b.hash, c.hash}) == 3  # languages default to the evaluation languages
+    again = make_plan(recipe_from_dict({"experts": {"enabled": True}}), Path("/tmp/unused")).stages["experts"]
+    assert again.hash == a.hash
+
+
+@pytest.mark.parametrize("section,field", [
+    ({"k": 0}, "experts.k"), ({"n": 1}, "experts.n"), ({"retrieval_n": 501}, "experts.retrieval_n"),
+    ({"ks": [5, -1]}, "experts.ks[1]"), ({"ks": []}, "experts.ks"), ({"components": ["neurons"]},
+                                                                      "experts.components[0]"),
+    ({"components": ["mlp_hidden", "mlp_hidden"]}, "experts.components"), ({"languages": ["en", "ko"]},
+                                                                             "experts.languages"),
+    ({"apply_to": "target"}, "experts.apply_to"), ({"enable": True}, "experts.enable"), ({"k": "ten"}, "experts.k")])
+def test_section_refuses_bad_values_naming_the_field(section, field, tmp_path, capsys, monkeypatch):
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict({"experts": section})
+    assert err.value.field == field
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"experts": {"enabled": True, **section}}))
+    rc = main([str(path), "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().err
+    assert rc == 2 and text.startswith(f"error: {path}: {field}:"), text
+    assert len(text.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_shipped_experts_recipe_dry_run(tmp_path, capsys):
+    assert main(["experts.yaml", "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert "  experts " in text and "find mlp_hidden experts of ar, es, id, ko, zh" in text
+    recipe = load_recipe(SHIPPED)
+    plan = make_plan(recipe, tmp_path)
+    assert plan.stages["experts"].active and not plan.stages["steering"].active
+    assert not plan.stages["alignment"].active and not (tmp_path / "run").exists()
+
+
+def test_stage_on_a_tiny_model_writes_loadable_set_interventions(tmp_path, monkeypatch):
+    from interventions.config import InterventionConfig
+    from interventions.steer import steer
+
+    from recipes.stages import STAGE_FUNCTIONS, RunContext
+    from test_experts import ByteTokenizer
+    from tiny_models import tiny_model
+
+    corpus = {"en": [f"the cat number {i} sat" for i in range(16)],
+              "ko": [f"zzqq xx {i} qqzz" for i in range(16)],
+              "es": [f"el gato numero {i}" for i in range(16)]}
+    monkeypatch.setattr("evaluate.loaders.load_flores", lambda lang, split="dev": corpus[lang])
+    recipe = recipe_from_dict({"experts": {"enabled": True, "languages": ["ko"], "contrast": ["es"], "k": 3,
+                                           "ks": [2, 3], "n": 12, "bins": 64, "retrieval_n": 8,
+                                           "apply_to": ["source", "both"]}})
+    plan = make_plan(recipe, tmp_path / "run")
+    ctx = RunContext(recipe, plan)
+    model, ctx._tokenizer = tiny_model("gemma3"), ByteTokenizer()
+    ctx._model = model
+    stage = plan.stages["experts"]
+    assert stage.config["contrast"] == ["en", "es", "ko"]
+    with StageWriter(stage) as out:
+        result = STAGE_FUNCTIONS["experts"](ctx, stage, out)
+    d = stage.directory
+    assert result["interventions"] == {"ko": "ko/experts_k3"}
+    assert json.loads((d / "stage.json").read_text())["hash"] == stage.hash
+    config = InterventionConfig.from_pretrained(d / "ko" / "experts_k3", model=model)
+    assert {iv.kind for iv in config.interventions} == {"set"}
+    assert sum(iv.units.numel() for iv in config.interventions) == 3
+    assert all(iv.source["language"] == "ko" and iv.source["k"] == 3 for iv in config.interventions)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        base = model(ids).logits
+        with steer(model, config):
+            steered = model(ids).logits
+    assert not torch.allclose(base, steered)
+    with open(d / "ratios.csv", newline="") as fh:
+        ratios = list(csv.DictReader(fh))
+    # 2 modes x 2 ks x 2 directions x (mean, middle)
+    assert len(ratios) == 16 and {r["layer"] for r in ratios} == {"mean", "middle"}
+    assert {r["apply_to"] for r in ratios} == {"source", "both"} and {r["k"] for r in ratios} == {"2", "3"}
+    rows = json.loads((d / "retrieval.json").read_text())
+    baseline = [r for r in rows if r["k"] == 0]
+    assert baseline and all(r["ratio"] == pytest.approx(1.0) for r in baseline if r["top1_before"] > 0)
+    assert (d / "retrieval_ko.png").stat().st_size > 0 and (d / "REPORT.md").is_file()
+    assert (d / "ko" / "ranking" / "expert_ranking.safetensors").is_file()
