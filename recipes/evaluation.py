@@ -137,6 +137,14 @@ def run_evaluate(ctx, stage, out: Path) -> dict:
                       for r in plane]}
 
 
+def _measure_claims(ctx, results: dict) -> dict:
+    from .claims import measure_claims
+
+    model_info = ctx.output("model") / "model.json"
+    layers = json.loads(model_info.read_text())["num_hidden_layers"] if model_info.is_file() else None
+    return measure_claims(results, ctx.output("steering"), ctx.output("analysis"), layers)
+
+
 def run_report(ctx, stage, out: Path) -> dict:
     from evaluate import plots, report
     from evaluate.plane import CSV_FIELDS
@@ -144,9 +152,13 @@ def run_report(ctx, stage, out: Path) -> dict:
     r = ctx.recipe.report
     results = json.loads((ctx.output("evaluate") / "results.json").read_text(encoding="utf-8"))
     figures = plots.plot_all(results, out) if r.plots else {}
-    written = []
+    claims = _measure_claims(ctx, results)
+    written = ["claims.json"]
+    (out / "claims.json").write_text(json.dumps(claims, indent=2, default=str, ensure_ascii=False))
     if "md" in r.formats:
-        text = report.render_report(results, figures)
+        from .claims import render_claims
+
+        text = report.render_report(results, figures) + "\n" + render_claims(claims) + "\n"
         title = r.title or ctx.recipe.description or ctx.recipe.name
         (out / "report.md").write_text(f"# {title}\n\n{text}", encoding="utf-8")
         written.append("report.md")
@@ -161,4 +173,7 @@ def run_report(ctx, stage, out: Path) -> dict:
         writer.writerows({**row, "task": "plane", "cue": "", "metric": row["score"]} for row in results["plane"])
         (out / "results.csv").write_text(buf.getvalue(), encoding="utf-8")
         written.append("results.csv")
-    return {"files": written + sorted(figures.values() if isinstance(figures, dict) else [])}
+    verdicts = {"layers": claims["layers"]["verdict"], "orthogonality": claims["orthogonality"]["verdict"],
+                **{d["variant"]: d["verdict"] for d in claims["surgical"]},
+                **{f"erasure {e['variant']}": e["verdict"] for e in claims["erasure"]}}
+    return {"files": written + sorted(figures.values() if isinstance(figures, dict) else []), "claims": verdicts}

@@ -83,6 +83,7 @@ def _steering_active(recipe: Recipe) -> bool:
 def _describe_actions(recipe: Recipe) -> dict[str, str]:
     m, a, s, e, r, p = (recipe.model, recipe.alignment, recipe.steering, recipe.evaluate,
                         recipe.report, recipe.publish)
+    an = recipe.analysis
     if a.adapter:
         align = f"load adapter {a.adapter}"
     elif a.method != "none":
@@ -112,8 +113,11 @@ def _describe_actions(recipe: Recipe) -> dict[str, str]:
         "evaluate": (f"{len(e.variants)} variants x {len(e.languages)} languages x {len(e.tasks)} tasks "
                      f"({', '.join(e.variants)} | {', '.join(e.languages)} | {', '.join(e.tasks)}), "
                      f"split {e.split}, n<={e.n}"),
+        "analysis": (f"FLORES devtest representations by layer (n={an.n}; {', '.join(['en', *e.languages])}): "
+                     "PCA grid, language separation, retrieval; cos(v_EN, v_LOC) per layer" if an.enabled
+                     else "disabled"),
         "experts": _describe_experts(recipe),
-        "report": f"write {', '.join(r.formats)}{' + plots' if r.plots else ''}",
+        "report": f"write {', '.join(r.formats)}{' + plots' if r.plots else ''} + claims as measured",
         "publish": (f"push {', '.join(p.push)} to {p.repo_id} ({'private' if p.private else 'public'})"
                     if p.enabled else "disabled"),
     }
@@ -157,11 +161,13 @@ def stage_configs(recipe: Recipe) -> dict[str, tuple[dict, list[str], bool]]:
         "model": (d["model"], [], True),
         "alignment": (align_cfg, ["model"], _uses_cla(recipe)),
         "steering": (steer_cfg, ["model"] + (["alignment"] if recipe.steering.compute_on == "cla" else []),
-                     _steering_active(recipe) and (steer_eval or recipe.publish.enabled)),
+                     _steering_active(recipe) and (steer_eval or recipe.publish.enabled or recipe.analysis.enabled)),
+        "analysis": ({**d["analysis"], "languages": list(e.languages), "seed": recipe.seed}, ["model", "steering"],
+                     recipe.analysis.enabled),
         "experts": (experts_settings(recipe), ["model"], recipe.experts.enabled),
         "evaluate": ({**d["evaluate"], "seed": recipe.seed},
                      ["model"] + (["alignment"] if cla_eval else []) + (["steering"] if steer_eval else []), True),
-        "report": (d["report"], ["evaluate"], recipe.report.enabled),
+        "report": (d["report"], ["evaluate", "analysis"], recipe.report.enabled),
         "publish": ({k: v for k, v in d["publish"].items() if k != "token_env"}, publish_up,
                     recipe.publish.enabled),
     }

@@ -137,6 +137,16 @@ class EvaluateConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    enabled: bool = False
+    """Representations by layer (PCA grid, language separation, FLORES retrieval) and cos(v_EN, v_LOC) per layer."""
+    n: int = 48
+    """First n parallel FLORES devtest sentences per language."""
+    layers: Optional[list[int]] = None
+    """Layers drawn in the PCA grid (default: every layer); the CSVs cover every layer."""
+
+
+@dataclass
 class ExpertsConfig:
     enabled: bool = False
     """Find language-expert units (Suau et al.; Sundar et al., ACL 2025) and save them as set-kind interventions."""
@@ -195,6 +205,7 @@ class Recipe:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
@@ -203,7 +214,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-STAGES = ("model", "alignment", "steering", "experts", "evaluate", "report", "publish")
+STAGES = ("model", "alignment", "steering", "analysis", "experts", "evaluate", "report", "publish")
 
 # ---------------------------------------------------------------- conversion
 

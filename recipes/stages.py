@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Callable
 from .plan import Plan, StagePlan
 from .schema import Recipe
 from .validate import check_layers, looks_like_path
+
+logger = logging.getLogger(__name__)
 
 
 class StageUnavailable(RuntimeError):
@@ -188,6 +191,7 @@ def compute_interventions(ctx: RunContext, model, out: Path):
     coefficient, or chosen by an ``interventions.sweep`` on extract items where they are ``auto``."""
     s = ctx.recipe.steering
     vectors = _require("steering", "interventions.vectors")
+    save_vectors = _require("steering", "interventions.vector_io", "save_vectors")
     config_cls = _require("steering", "interventions.config", "InterventionConfig")
     if s.component != "block_output":
         raise StageUnavailable(f"stage steering: vectors at {s.component} need a collector for that component "
@@ -211,15 +215,18 @@ def compute_interventions(ctx: RunContext, model, out: Path):
             else:
                 found = vectors.loc_vectors(model, ctx.tokenizer, language, tasks=tuple(data), n=vec.n,
                                             reduce=vec.reduce, method=s.method)
+            save_vectors(found, out / "vectors")
             layer, coefficient, how = vec.layer, vec.coefficient, "fixed"
             if layer == "auto" or coefficient == "auto":
-                from interventions.sweep import select, sweep
+                from interventions.sweep import cached_sweep, select
 
                 layers = [layer] if layer != "auto" else (s.layers or list(range(top + 1)))
                 coefficients = [coefficient] if coefficient != "auto" else s.coefficients
                 transfer, localization = _selection_items(ctx, language)
-                rows = sweep(model, ctx.tokenizer, found, layers, coefficients, transfer, localization,
-                             positions=vec.positions, batch_size=ctx.recipe.evaluate.batch_size)
+                rows = cached_sweep(model, ctx.tokenizer, found, layers, coefficients, transfer, localization,
+                                    positions=vec.positions, batch_size=ctx.recipe.evaluate.batch_size)
+                rows = [dict(r, language=language, kind=which, n_transfer_items=len(transfer),
+                             n_localization_items=len(localization)) for r in rows]
                 sweeps += rows
                 best = select(rows, which, s.tolerance)
                 how = f"sweep on extract (tolerance {s.tolerance})"
@@ -230,10 +237,32 @@ def compute_interventions(ctx: RunContext, model, out: Path):
                 layer, coefficient = best["layer"], best["coefficient"]
             interventions.append(vectors.steering_vector(found, layer, coefficient=coefficient,
                                                          positions=vec.positions))
-            selection[found.name] = {"layer": layer, "coefficient": coefficient, "selected": how}
+            selection[found.name] = {"layer": layer, "coefficient": coefficient, "selected": how, "kind": which,
+                                     "language": language}
     if sweeps:
-        write_json(out / "sweep.json", sweeps)
+        write_sweep(sweeps, out)
     return config_cls.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
+
+
+def write_sweep(rows: list[dict], out: Path) -> None:
+    """``sweep.json`` + ``sweep.csv`` (same rows) and, when ``evaluate.plots.plot_sweep`` exists, ``sweep.png``."""
+    from evaluate.analysis import write_csv
+
+    write_json(out / "sweep.json", rows)
+    write_csv(rows, out / "sweep.csv")
+    try:
+        from evaluate.plots import plot_sweep
+    except ImportError as err:
+        logger.warning("steering: no sweep figure (evaluate.plots.plot_sweep not available: %s)", err)
+        return
+    plot_sweep(rows, out / "sweep.png")
+
+
+def run_analysis(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    _require("analysis", "evaluate.analysis", "language_separation")
+    from .analysis_stage import run_analysis as run
+
+    return run(ctx, stage, out)
 
 
 def run_experts(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
@@ -306,6 +335,6 @@ def run_publish(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext, StagePlan, Path], dict]] = {
-    "model": run_model, "alignment": run_alignment, "steering": run_steering, "experts": run_experts,
-    "evaluate": run_evaluate, "report": run_report, "publish": run_publish,
+    "model": run_model, "alignment": run_alignment, "steering": run_steering, "analysis": run_analysis,
+    "experts": run_experts, "evaluate": run_evaluate, "report": run_report, "publish": run_publish,
 }

@@ -112,6 +112,9 @@ def check_layers(recipe: Recipe, num_layers: int) -> None:
         for i, layer in enumerate(steering.layers or []):
             if not 0 <= layer <= top:
                 raise RecipeError(f"steering.layers[{i}]", f"expected an int in [0, {top}], got {layer}")
+    for i, layer in enumerate(recipe.analysis.layers or []):
+        if not 0 <= layer <= top:
+            raise RecipeError(f"analysis.layers[{i}]", f"expected an int in [0, {top}], got {layer}")
 
 
 def _positive(value, field: str, *, zero: bool = False) -> None:
@@ -216,6 +219,16 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     _positive(e.bootstrap, "evaluate.bootstrap", zero=True)
     if s.load is None and s.loc.enabled and not [x for x in e.languages if x != "en"]:
         raise RecipeError("evaluate.languages", "LOC vectors need at least one language other than en")
+
+    # analysis
+    an = recipe.analysis
+    if an.n < 2:
+        raise RecipeError("analysis.n", f"expected at least 2 sentences per language (silhouette, retrieval), got {an.n}")
+    if an.layers is not None:
+        if not an.layers:
+            raise RecipeError("analysis.layers", "expected a non-empty list of layers, or null for an even spread")
+        if len(set(an.layers)) != len(an.layers):
+            raise RecipeError("analysis.layers", f"duplicate entries in {an.layers}")
 
     # publish
     if p.enabled:
