@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .plane import HEADLINE, MEAN, atomic_write  # noqa: E402
+from .sweep_plots import plot_sweep  # noqa: E402,F401  (the sweep figure lives in its own module)
 
 
 def _save(fig, path: Path) -> None:
