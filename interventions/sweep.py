@@ -255,7 +255,9 @@ def cached_sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[in
 
     That pass records every grid layer's output and the KV-cache updates of layers <= max(layers)
     (:class:`_PrefixCache`; memory grows with the item count, fine for ``extract`` sets); each
-    (layer, coefficient) cell then runs only the layers above its layer.
+    (layer, coefficient) cell then runs only the layers above its layer. Cells that are the same
+    computation as one already done are not recomputed: coefficient 0 is the baseline (``h + 0 * v == h``
+    bit for bit), and a repeated (layer, coefficient) is scored once.
     """
     from interventions.config import InterventionConfig
     from interventions.steer import steer
@@ -267,12 +269,16 @@ def cached_sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[in
     prefix = _PrefixCache(model, layers)
     with prefix.record():  # the unsteered pass: the baseline and the prefix cache of every grid layer at once
         base = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-    rows = []
+    rows, done = [], {}
     grid = [(l, c) for l in layers for c in coefficients]
     for layer, coef in tqdm(grid, desc=f"cached sweep {vectors.name}", disable=not progress, unit="cell"):
         kw = {"alpha": coef} if relative else {"coefficient": coef}
         inter = vectors.intervention(layer, positions=positions, **kw)
-        with steer(model, InterventionConfig.for_model(model, [inter])), prefix.replay(int(layer)):
-            scores = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-        rows.append(_row(vectors, layer, inter, coef if relative else None, scores, base))
+        key = (int(layer), float(inter.coefficient))
+        if inter.coefficient == 0.0 and bool(inter.vector.isfinite().all()):
+            done[key] = base  # adding 0 * v leaves every activation bit for bit as it is: the baseline's pass
+        if key not in done:  # a repeated cell is the same computation: scored once
+            with steer(model, InterventionConfig.for_model(model, [inter])), prefix.replay(int(layer)):
+                done[key] = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
+        rows.append(_row(vectors, layer, inter, coef if relative else None, dict(done[key]), base))
     return rows

@@ -147,7 +147,7 @@ def test_cached_sweep_rows_equal_reference_sweep(relative, positions):
     model, tok = tiny_model("gemma3"), char_tokenizer()
     transfer, local = _equal_length_items()  # multi-token candidates: the KV-cache continuation pass runs
     vec = _vectors()
-    coefs = [-2.0, 0.5, 2.0] if relative else [-20.0, 20.0]
+    coefs = [-2.0, 0.5, 2.0] if relative else [-20.0, 0.0, 20.0, -20.0]  # 0 = baseline; a repeated cell
     kw = dict(layers=[2, 0, 3], coefficients=coefs, transfer_items=transfer, localization_items=local,
               relative=relative, positions=positions, batch_size=4, progress=False)
     cached, reference = S.cached_sweep(model, tok, vec, **kw), S.sweep(model, tok, vec, **kw)
@@ -167,3 +167,19 @@ def test_cached_sweep_one_axis_only():
     rows = S.cached_sweep(model, tok, vec, **kw)
     assert rows == S.sweep(model, tok, vec, **kw)
     assert rows[0]["localization_score"] is None and rows[0]["localization_gain"] is None
+
+
+def test_cached_sweep_scores_zero_and_repeated_cells_once(monkeypatch):
+    """Coefficient 0 is the baseline and a repeated cell the same computation: neither is scored again."""
+    pytest.importorskip("interventions.steer")
+    model, tok = tiny_model("gemma3"), char_tokenizer()
+    transfer, local = _equal_length_items()
+    vec = _vectors()
+    kw = dict(layers=[1, 1], coefficients=[0.0, 20.0, 20.0], transfer_items=transfer, localization_items=local,
+              batch_size=4, progress=False)
+    reference = S.sweep(model, tok, vec, **kw)
+    calls = []
+    original = S.evaluate_axes
+    monkeypatch.setattr(S, "evaluate_axes", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert S.cached_sweep(model, tok, vec, **kw) == reference
+    assert len(calls) == 2  # the recorded baseline pass + (layer 1, coefficient 20)
