@@ -50,7 +50,8 @@ Steering as data: {len(config.interventions)} intervention(s) made with
 
 Components are named by meaning: `block_output` is the residual stream after decoder layer L,
 `block_input` the stream entering it, `attention_output`/`mlp_output` the blocks' outputs before
-the residual add, `mlp_hidden` the MLP neurons (input of the down-projection). Positions:
+the residual add, `mlp_hidden` the MLP neurons (input of the down-projection), `attention_heads`
+the concatenated head outputs (input of the attention output projection). Positions:
 `all`, `prompt` (tokens of the prompt), `generated` (tokens after the prompt / after a cached
 prefix), `last` (the prompt's last token).
 
