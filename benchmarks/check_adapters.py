@@ -91,7 +91,7 @@ def main() -> None:
                 mean, lo, hi = bootstrap_ci(mine)
                 cell = {"mean": mean, "ci": [lo, hi]}
                 if name != "base":
-                    diff = paired_bootstrap(mine, ref)
+                    diff = paired_bootstrap(ref, mine)  # mean(mine) - mean(ref)
                     cell["minus_base"] = diff
                 entry["retrieval"][f"{direction}@{where}"] = cell
         for (lang, direction), h in per.items():

@@ -201,7 +201,9 @@ def test_gemma_experts_end_to_end(gemma):
     assert ko.average_precision.shape == (18 * 2048,)
     assert float(ko.average_precision[ko.order[49]]) > 0.9  # Hangul vs Latin: easy experts exist
     rows = retrieval_sweep(model, tok, ko, [50], n=12)
-    assert {r["k"] for r in rows} == {0, 50} and len(rows) == 2 * 2 * 18
+    # per (k, direction): 18 layers + the pre-registered summaries "mean" and "middle"
+    assert {r["k"] for r in rows} == {0, 50} and len(rows) == 2 * 2 * (18 + 2)
+    assert sum(r["layer"] == "middle" for r in rows) == 4 and sum(r["layer"] == "mean" for r in rows) == 4
     before = [r for r in rows if r["k"] == 0]
     assert all(r["ratio"] == pytest.approx(1.0) for r in before)
 
