@@ -123,12 +123,12 @@ def surgical_config(model, en: SteeringVectors, en_row: dict, loc: SteeringVecto
 
 
 def save_sweep(rows: Sequence[dict], path: str | Path) -> Path:
-    """The sweep table as JSON lines-free JSON (list of rows) next to a CSV of the same rows."""
+    """The sweep table as JSON (a list of rows, sorted keys) at ``path`` and a CSV of the same rows beside it."""
     from evaluate.analysis import write_csv
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(list(rows), indent=2))
+    path.write_text(json.dumps(list(rows), indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
     write_csv(list(rows), path.with_suffix(".csv"))
     return path
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,8 +16,6 @@ from typing import Any, Callable
 from .plan import Plan, StagePlan
 from .schema import Recipe
 from .validate import check_layers, looks_like_path
-
-logger = logging.getLogger(__name__)
 
 
 class StageUnavailable(RuntimeError):
@@ -245,16 +242,10 @@ def compute_interventions(ctx: RunContext, model, out: Path):
 
 
 def write_sweep(rows: list[dict], out: Path) -> None:
-    """``sweep.json`` + ``sweep.csv`` (same rows) and, when ``evaluate.plots.plot_sweep`` exists, ``sweep.png``."""
-    from evaluate.analysis import write_csv
-
-    write_json(out / "sweep.json", rows)
-    write_csv(rows, out / "sweep.csv")
-    try:
-        from evaluate.plots import plot_sweep
-    except ImportError as err:
-        logger.warning("steering: no sweep figure (evaluate.plots.plot_sweep not available: %s)", err)
-        return
+    """``sweep.json`` + ``sweep.csv`` (``interventions.sweep.save_sweep``) and ``sweep.png`` (``plot_sweep``)."""
+    save_sweep = _require("steering", "interventions.sweep", "save_sweep")
+    plot_sweep = _require("steering", "evaluate.plots", "plot_sweep")
+    save_sweep(rows, out / "sweep.json")
     plot_sweep(rows, out / "sweep.png")
 
 
