@@ -23,6 +23,7 @@ own ``forward``. Tests check the engine against it; ``benchmarks/bench_scoring.p
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -30,6 +31,22 @@ import torch
 from tqdm.auto import tqdm
 
 NORMALIZATIONS = ("sum", "mean")
+
+
+class NonFiniteScores(ValueError):
+    """A candidate's log-probability is NaN or infinite: the forward pass overflowed, so no choice exists.
+
+    Raised instead of an :class:`ItemScore` (an argmax over NaN would silently pick candidate 0).
+    """
+
+    def __init__(self, item_id: str, language: str | None, context: str | None = None):
+        self.item_id, self.language, self.context = item_id, language, context
+        where = context or "the model as called"
+        super().__init__(f"item {item_id} ({language}): non-finite log-probabilities under {where}; the steering "
+                         "strength or vector overflows the model's dtype")
+
+    def __reduce__(self):  # picklable (e.g. gathered across processes) with its own arguments
+        return type(self), (self.item_id, self.language, self.context)
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,10 @@ def _argmax(values: Sequence[float]) -> int:
     return int(max(range(len(values)), key=lambda j: (values[j], -j)))  # first index on ties
 
 
-def _make_score(item, logprob: list[float], n_tokens: list[int], normalization: str | None) -> ItemScore:
+def _make_score(item, logprob: list[float], n_tokens: list[int], normalization: str | None,
+                context: str | None = None) -> ItemScore:
+    if not all(math.isfinite(lp) for lp in logprob):
+        raise NonFiniteScores(item.id, getattr(item, "language", None), context)
     norm = _normalization(item, normalization)
     c_sum = _argmax(logprob)
     c_mean = _argmax([lp / n for lp, n in zip(logprob, n_tokens)])
@@ -215,12 +235,15 @@ def _score_batch(inner, head, post, pad_id: int, device, batch: list[tuple[list[
 
 
 def score_items(model, tokenizer, items: Sequence, batch_size: int = 16, progress: bool = True,
-                normalization: str | None = None, logit_chunk: int = 64) -> list[ItemScore]:
+                normalization: str | None = None, logit_chunk: int = 64, context: str | None = None
+                ) -> list[ItemScore]:
     """Score every candidate of every item; returns one :class:`ItemScore` per item, in input order.
 
     ``normalization`` overrides the cloze rule for all items (``"sum"`` or ``"mean"``); by default an item's
     ``meta["normalization"]`` (or ``meta["length_normalized"]``) decides, else ``"sum"``. Letter items
     always choose the candidate whose (first) token has the highest next-token log-prob after the prompt.
+    A NaN or infinite log-probability raises :class:`NonFiniteScores` (``context``, e.g. the variant, is named
+    in its message); no score is returned for a model whose forward pass overflowed.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -240,14 +263,16 @@ def score_items(model, tokenizer, items: Sequence, batch_size: int = 16, progres
     for idx in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
         batch_scores = _score_batch(inner, head, post, pad_id, device, [encoded[i] for i in idx], logit_chunk)
         for i, lp in zip(idx, batch_scores):
-            results[i] = _make_score(items[i], lp, [len(c) for c in encoded[i][1]], normalization)
+            results[i] = _make_score(items[i], lp, [len(c) for c in encoded[i][1]], normalization, context)
     return results  # type: ignore[return-value]
 
 
 @torch.inference_mode()
 def naive_score_items(model, tokenizer, items: Sequence, progress: bool = True,
-                      normalization: str | None = None) -> list[ItemScore]:
-    """Reference scorer: one full-logit ``model(...)`` forward per option at batch size 1 (slow, simple)."""
+                      normalization: str | None = None, context: str | None = None) -> list[ItemScore]:
+    """Reference scorer: one full-logit ``model(...)`` forward per option at batch size 1 (slow, simple).
+
+    Refuses non-finite log-probabilities like :func:`score_items`."""
     device = _device(model)
     results = []
     for item in tqdm(list(items), desc="naive scoring", unit="item", disable=not progress):
@@ -258,5 +283,5 @@ def naive_score_items(model, tokenizer, items: Sequence, progress: bool = True,
             lp = model(input_ids=ids).logits[0].float().log_softmax(-1)
             n = len(prompt_ids)
             logprob.append(float(sum(lp[n - 1 + t, tok] for t, tok in enumerate(c))))
-        results.append(_make_score(item, logprob, [len(c) for c in cands], normalization))
+        results.append(_make_score(item, logprob, [len(c) for c in cands], normalization, context))
     return results

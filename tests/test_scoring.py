@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+import pickle
 
 import pytest
 import torch
 
-from evaluate.scoring import ItemScore, encode_item, naive_score_items, score_items
+from evaluate.scoring import ItemScore, NonFiniteScores, encode_item, naive_score_items, score_items
+from evaluate.tasks import Item
+from interventions import steer
 from tiny_models import tiny_lora, tiny_model
-
-try:  # the real contract once evaluate/tasks lands; a same-shaped stand-in until then
-    from evaluate.tasks import Item
-except ImportError:  # pragma: no cover
-    @dataclass(frozen=True)
-    class Item:
-        id: str
-        task: str
-        language: str
-        prompt: str
-        candidates: tuple
-        gold: int | None = None
-        local: int | None = None
-        us: int | None = None
-        group: str = ""
-        cue: str = "implicit"
-        scoring: str = "cloze"
-        meta: Mapping = field(default_factory=dict)
-
 
 CORPUS = ["the capital of france is paris", "the capital of spain is madrid", "a cat sat on the mat",
           "the answer is a b c d", "question: what is the capital? answer:", "korea seoul china beijing"]
@@ -170,7 +152,6 @@ def test_gemma_engine_matches_naive(gemma):
 
 def test_engine_equals_naive_under_steering(tok):
     """With `steer` hooks on the decoder layers (positions='all'), the engine still equals the naive loop."""
-    steer_mod = pytest.importorskip("interventions.steer")
     from interventions.config import AdditiveIntervention, InterventionConfig
 
     model = tiny_model("llama", seed=6)
@@ -179,10 +160,45 @@ def test_engine_equals_naive_under_steering(tok):
     config = InterventionConfig.for_model(model, [iv])
     items = _items()
     plain = score_items(model, tok, items, progress=False)
-    with steer_mod.steer(model, config):
+    with steer(model, config):
         fast = score_items(model, tok, items, batch_size=3, progress=False)
         slow = naive_score_items(model, tok, items, progress=False)
     _assert_same(fast, slow)
     assert fast[0].logprob != pytest.approx(plain[0].logprob, abs=1e-3)  # the steering did change the scores
     after = score_items(model, tok, items, progress=False)
     _assert_same(after, plain, atol=1e-6)  # and every hook is gone afterwards
+
+
+def _poison(model, value: float):
+    """A forward hook that multiplies layer 1's output by ``value`` (nan / inf: an overflowed residual)."""
+    layer = model.model.layers[1]
+
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0] * value, *output[1:])
+        return output * value
+    return layer.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_log_probs_are_refused_not_scored(tok, value):
+    """All-NaN logits must not become 'candidate 0 chosen': both scorers raise, naming the item and context."""
+    model = tiny_model("llama", seed=7)
+    items = _items()
+    handle = _poison(model, value)
+    try:
+        for scorer in (lambda: score_items(model, tok, items, batch_size=3, progress=False, context="variant 'x'"),
+                       lambda: naive_score_items(model, tok, items, progress=False, context="variant 'x'")):
+            with pytest.raises(NonFiniteScores) as err:
+                scorer()
+            message = str(err.value)
+            assert err.value.item_id in {it.id for it in items} and "(en)" in message
+            assert "non-finite log-probabilities under variant 'x'" in message and "overflows" in message
+        letter = [it for it in items if it.scoring == "letter"]  # the first-token path alone (no KV cache)
+        with pytest.raises(NonFiniteScores, match="item t/3"):
+            score_items(model, tok, letter, progress=False)
+    finally:
+        handle.remove()
+    assert all(len(s.logprob) for s in score_items(model, tok, items, progress=False))  # hook gone: scores again
+    copy = pickle.loads(pickle.dumps(NonFiniteScores("a/ko/1", "ko", "variant 'cla+en'")))
+    assert isinstance(copy, ValueError) and "item a/ko/1 (ko)" in str(copy) and copy.context == "variant 'cla+en'"
