@@ -7,6 +7,8 @@ Variants: ``base`` (the model), plus ``adapter`` when ``--adapter DIR`` is given
 model), plus ``<previous>+steer`` when ``--interventions DIR`` is given (an intervention directory applied
 with ``interventions.steer`` on top of the last variant). Writes results.json, results.csv,
 predictions.jsonl, plane.png, tasks.png and report.md into ``--out``.
+
+Exit codes: 0 done; 2 a bad flag or flag value (one line naming the flag, before any model is loaded).
 """
 
 from __future__ import annotations
@@ -41,12 +43,78 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class UsageError(ValueError):
+    """A flag's value is unusable: one line on stderr, exit 2, before any model is loaded."""
+
+
+def _hub_id_or_dir(value: str, flag: str, must_contain: str) -> None:
+    path = Path(os.path.expanduser(value))
+    if path.is_dir():
+        if not (path / must_contain).is_file():
+            raise UsageError(f"{flag}: {value} has no {must_contain}; expected a directory written by "
+                             f"save_pretrained")
+        return
+    if path.exists():
+        raise UsageError(f"{flag}: {value} is a file; expected a directory or a Hub id (owner/name)")
+    if value.startswith(("/", "./", "../", "~", ".")) or value.count("/") != 1:
+        raise UsageError(f"{flag}: no such directory: {value}")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        raise UsageError(f"{flag}: {value!r} is neither a directory nor a valid Hub id ({err})") from None
+
+
+def check_args(args) -> None:
+    """Every flag value the run would refuse later, refused now (:class:`UsageError`)."""
+    from .loaders import FLORES_CODES
+    from .tasks import get_task, list_tasks
+
+    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                               ("--n-boot", args.n_boot, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise UsageError(f"{flag}: expected an integer >= {least}, got {value}")
+    if args.seed < 0 or args.seed >= 2 ** 32:
+        raise UsageError(f"--seed: expected an integer in [0, 2**32), got {args.seed}")
+    for flag, values in (("--tasks", args.tasks), ("--languages", args.languages)):
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise UsageError(f"{flag}: duplicate entries {duplicates}")
+    unknown = [t for t in args.tasks if t not in list_tasks()]
+    if unknown:
+        raise UsageError(f"--tasks: unknown {unknown}; registered: {list_tasks()}")
+    unknown = [x for x in args.languages if x not in FLORES_CODES]
+    if unknown:
+        raise UsageError(f"--languages: unknown {unknown}; expected ISO 639-1 codes among {sorted(FLORES_CODES)}")
+    for name in args.tasks:
+        served = tuple(get_task(name, seed=args.seed).languages)
+        lacking = [x for x in args.languages if served and x not in served]
+        if lacking:
+            raise UsageError(f"--languages: task {name} has no items in {lacking} (it serves {list(served)})")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out: expected a directory, got an existing file: {args.out}")
+    if args.adapter:
+        _hub_id_or_dir(args.adapter, "--adapter", "adapter_config.json")
+    if args.interventions:
+        _hub_id_or_dir(args.interventions, "--interventions", "intervention_config.json")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # unknown flags / non-integers: argparse, exit 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        check_args(args)
+        from interventions.models import parse_dtype
+
+        try:
+            parse_dtype(args.dtype)
+        except ValueError as err:
+            raise UsageError(f"--dtype: {str(err).split(': ', 1)[-1]}") from None
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit("--limit: expected a positive integer")
     import torch
 
     if args.threads:
@@ -54,11 +122,7 @@ def main(argv=None) -> int:
     from interventions.models import load_model, load_tokenizer
 
     from .plane import Variant, evaluate_plane
-    from .tasks import list_tasks
 
-    unknown = [t for t in args.tasks if t not in list_tasks()]
-    if unknown:
-        raise SystemExit(f"--tasks: unknown {unknown}; registered: {list_tasks()}")
     model = load_model(args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
     variants = [Variant("base", model)]
