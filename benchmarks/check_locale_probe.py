@@ -1,7 +1,7 @@
 """Measure a model on the locale_probe set: does it prefer the local answer over the US one?
 
     python benchmarks/check_locale_probe.py [--model gemma-3-270m] [--languages ko zh es id ar]
-                                            [--batch-size 16] [--out results.json]
+                                            [--batch-size 16] [--out results.json] [--lengths-only]
 
 For every row and cue (``implicit`` and ``explicit`` prompts in the language L, and the English
 control ``en_implicit``), the two candidates are scored as
@@ -17,6 +17,12 @@ Reported per language and cue: ``localization_share`` = share of rows with
 log P(local) > log P(us), its n, a Wilson 95% interval, and the mean margin
 log P(local) - log P(us). Expected for a model that localizes: implicit and explicit well above
 0.5 in L, English control low (the English "our country" defaults to the US).
+
+Length bias (printed first, tokenizer only; ``--lengths-only`` stops there without loading the model):
+per language and cue, the share of rows where the local answer is *shorter* than the US one and the share
+where the US answer is shorter, in candidate tokens (as scored: in context of the prompt) and in
+characters. A summed log-probability favours the shorter candidate, so a set where one side is shorter
+much more often than the other rewards a "fewer tokens" heuristic.
 """
 
 from __future__ import annotations
@@ -104,6 +110,42 @@ def score_sequences(model, pad_id: int, seqs: list[tuple[list[int], list[int]]],
     return result
 
 
+def length_bias(tokenizer, rows: list[dict]) -> dict:
+    """{language: {cue: {tokens: {local_shorter, us_shorter, equal}, chars: {...}, n}}} (shares of rows)."""
+    out: dict = defaultdict(dict)
+    groups = defaultdict(list)
+    for row in rows:
+        for cue in ("implicit", "english"):
+            prompt, local, us, sep = cue_fields(row, cue)
+            n_tok = [len(encode(tokenizer, prompt, sep + a)[1]) if tokenizer is not None else None
+                     for a in (local, us)]
+            groups[(row["language"], cue)].append((n_tok, [len(local), len(us)]))
+    for (lang, cue), recs in groups.items():  # rows' order: implicit before english
+        n = len(recs)
+        entry = {"n": n}
+        for unit, k in (("tokens", 0), ("chars", 1)):
+            pairs = [r[k] for r in recs]
+            if any(p[0] is None for p in pairs):
+                continue
+            entry[unit] = {"local_shorter": sum(a < b for a, b in pairs) / n,
+                           "us_shorter": sum(b < a for a, b in pairs) / n,
+                           "equal": sum(a == b for a, b in pairs) / n}
+        out[lang][cue] = entry
+    return dict(out)
+
+
+def length_table(bias: dict) -> str:
+    lines = ["| language | cue | n | local shorter (tokens) | US shorter (tokens) | local shorter (chars) | "
+             "US shorter (chars) |", "|---|---|---|---|---|---|---|"]
+    for lang in [*LANGUAGES, *sorted(set(bias) - set(LANGUAGES))]:
+        for cue, e in bias.get(lang, {}).items():
+            t, c = e.get("tokens", {}), e["chars"]
+            tok = (f"{t['local_shorter']:.2f} | {t['us_shorter']:.2f}" if t else "n/a | n/a")
+            lines.append(f"| {lang} | {'L implicit' if cue == 'implicit' else 'English control'} | {e['n']} | "
+                         f"{tok} | {c['local_shorter']:.2f} | {c['us_shorter']:.2f} |")
+    return "\n".join(lines)
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return (float("nan"), float("nan"))
@@ -172,6 +214,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="write per-row results + summary as JSON")
+    ap.add_argument("--lengths-only", action="store_true",
+                    help="print the length-bias table (tokenizer only) and stop before loading the model")
     args = ap.parse_args(argv)
 
     from interventions.models import load_model, load_tokenizer
@@ -179,10 +223,15 @@ def main(argv=None) -> dict:
     rows = [r for r in load_rows(args.data) if r["language"] in args.languages]
     if not rows:
         raise ValueError(f"{args.data}: no rows for languages {args.languages}")
+    tokenizer = load_tokenizer(args.model)
+    bias = length_bias(tokenizer, rows)
+    print("Length bias (share of rows where that answer has fewer tokens / characters):")
+    print(length_table(bias))
+    if args.lengths_only:
+        return {"length_bias": bias}
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
-    tokenizer = load_tokenizer(args.model)
     per_row, summary = measure(model, tokenizer, rows, args.batch_size)
     print(markdown_table(summary))
     for lang in summary:
@@ -194,7 +243,8 @@ def main(argv=None) -> dict:
     for r in bad:
         print(f"DEGENERATE {r['language']} {r['concept']} {r['cue']}")
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "summary": summary, "rows": per_row},
+        args.out.write_text(json.dumps({"model": args.model, "summary": summary, "length_bias": bias,
+                                        "rows": per_row},
                                        ensure_ascii=False, indent=1))
     return summary
 

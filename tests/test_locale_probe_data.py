@@ -136,3 +136,51 @@ def test_readme_documents_sources_licence_and_results():
     text = README.read_text(encoding="utf-8")
     for needle in ("CC BY 4.0", "check_locale_probe.py", "implicit", "explicit", "English control"):
         assert needle in text, f"README.md lacks {needle!r}"
+
+
+# --- issue 14: instrument errors found in review must stay fixed -------------------------------------
+# Terms that name a country-specific institution, title or holiday: an implicit prompt that uses one tells
+# the model the country without naming it (and its explicit twin is kept parallel, so neither may).
+COUNTRY_VOCABULARY = {
+    "ko": ["제헌절", "광역자치단체"],
+    "zh": ["国家宪法日", "国球", "省级行政区", "国家主席", "最高国家权力机关", "国宝"],
+    "es": ["policía nacional", "dictadura"],
+    "id": ["sim a"],
+    "ar": ["الحماية المدنية"],
+}
+# The prompt's own language: a US answer equal to it can be rejected without knowing the country.
+OWN_LANGUAGE = {"ko": ["한국어"], "zh": ["汉语", "中文", "普通话"], "es": ["español", "castellano"],
+                "id": ["bahasa indonesia"], "ar": ["العربية"]}
+BY_ID = {f"{r['language']}/{r['concept']}": r for r in ROWS}
+
+
+def test_known_wrong_fact_is_fixed():
+    assert BY_ID["es/largest_island"]["local"] == "Mallorca"  # not Tenerife (2,034 km² < Mallorca's 3,640 km²)
+    assert BY_ID["es/largest_island"]["en_local"] == "Mallorca"
+
+
+def test_rows_solvable_without_culture_are_gone():
+    assert "es/foreign_language" not in BY_ID  # the US answer was "español", the prompt's own language
+    assert "ar/writing_direction" not in BY_ID  # "right to left" follows from the script of the prompt
+    assert "dictadura" not in BY_ID["es/first_president"]["implicit"]
+    assert "国家主席" not in BY_ID["zh/first_president"]["implicit"]
+    for r in ROWS:
+        if r["concept"] in ("foreign_language",):
+            assert r["us"].casefold() not in OWN_LANGUAGE[r["language"]], f"{r['language']}/{r['concept']}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r['language']}-{r['concept']}")
+def test_prompts_use_no_country_vocabulary(row):
+    for field in ("implicit", "explicit"):
+        hit = [t for t in COUNTRY_VOCABULARY[row["language"]] if t in row[field].casefold()]
+        assert not hit, f"{row['language']}/{row['concept']} {field} uses country vocabulary {hit}: {row[field]!r}"
+
+
+def test_readme_changelog_names_every_revised_row():
+    text = README.read_text(encoding="utf-8")
+    assert "## Changelog" in text and "## Length bias" in text
+    log = text.split("## Changelog", 1)[1]
+    for row_id in ("es/largest_island", "es/foreign_language", "ar/writing_direction", "es/first_president",
+                   "zh/first_president", "ko/constitution_day", "zh/constitution_day", "zh/national_sport",
+                   "zh/first_level_divisions", "es/police_number", "id/driving_age", "ar/emergency_number"):
+        assert f"| {row_id} |" in log, f"changelog lacks {row_id}"
