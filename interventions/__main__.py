@@ -1,7 +1,8 @@
 """``python -m interventions validate DIR_OR_REPO [--model NAME]`` / ``info DIR_OR_REPO``.
 
 Exit code 0 when the intervention directory is valid (for the model, when given), 2 with one
-message naming the field otherwise.
+message naming the field otherwise. Names from the directory are printed with control characters
+and ANSI escapes escaped (``\\x1b``), so a crafted file cannot rewrite the terminal.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 
 from .config import InterventionConfig, InterventionConfigError
+from .fsutil import printable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,20 +24,24 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", default=None, help="validate against this model (name, Hub id or path)")
         p.add_argument("--revision", default=None)
     args = parser.parse_args(argv)
+    model = None
     try:
-        model = None
         if args.model:
             from .models import load_model
 
-            model = load_model(args.model)
+            try:
+                model = load_model(args.model)
+            except (OSError, ValueError) as err:  # not a model name, path or cached Hub id
+                raise InterventionConfigError("--model", f"cannot load {args.model!r}: {type(err).__name__}: "
+                                              f"{err}") from None
         config = InterventionConfig.from_pretrained(args.path, model=model, revision=args.revision)
     except InterventionConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(err)}", file=sys.stderr)
         return 2
-    if args.command == "info":
-        print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    if args.command == "info":  # ensure_ascii: every non-ASCII or control character is a \\u escape
+        print(json.dumps(config.to_dict(), indent=2, sort_keys=True, ensure_ascii=True))
     else:
-        print(f"ok: {config!r}")
+        print(f"ok: {printable(repr(config))}")
     return 0
 
 

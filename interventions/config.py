@@ -2,8 +2,8 @@
 
 An intervention directory holds ``intervention_config.json`` (sorted keys, ``format_version``),
 ``intervention_vectors.safetensors`` (every tensor, keyed by the names in the JSON) and a
-``README.md`` model card. Loading reads JSON and safetensors only: nothing is unpickled and no
-class named in a file is imported.
+``README.md`` model card. Loading (:mod:`interventions.loader`) reads JSON and safetensors only:
+nothing is unpickled and no class named in a file is imported.
 """
 
 from __future__ import annotations
@@ -80,12 +80,17 @@ class AdditiveIntervention:
         return {f"{self.name}.vector": self.vector}
 
     def delta(self) -> torch.Tensor:
-        return self.coefficient * self.vector
+        return float(self.coefficient) * self.vector
 
     def _validate_own(self, where: str) -> None:
         _check_tensor(self.vector, f"{where}.vector", floating=True)
-        if isinstance(self.coefficient, bool) or not isinstance(self.coefficient, (int, float)) \
-                or not math.isfinite(self.coefficient):
+        c = self.coefficient
+        ok = not isinstance(c, bool) and isinstance(c, (int, float))
+        try:
+            ok = ok and math.isfinite(float(c))
+        except OverflowError:  # an int too large for a float
+            ok = False
+        if not ok:
             raise InterventionConfigError(f"{where}.coefficient", f"expected a finite number, got {self.coefficient!r}")
 
     def width(self) -> int:
@@ -124,6 +129,33 @@ class SetIntervention:
 
 
 Intervention = Union[AdditiveIntervention, SetIntervention]
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype the model computes in (its hidden states, hence what steering is cast to)."""
+    base = unwrap(model)
+    dtype = getattr(base, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    return next((p.dtype for p in base.parameters() if p.is_floating_point()), torch.float32)
+
+
+def check_strength(iv: Intervention, where: str, dtype: torch.dtype) -> None:
+    """Refuse a steering strength that is not finite once cast to ``dtype``: ``coefficient * vector`` (or
+    a set value) that overflows there (1e308, or a float64 vector near 1e300 in bf16) turns logits into NaN."""
+    limit = f"{dtype} holds magnitudes up to {torch.finfo(dtype).max:.3g}"
+    if isinstance(iv, AdditiveIntervention):
+        if not torch.isfinite(iv.vector.to(dtype)).all():
+            raise InterventionConfigError(f"{where}.vector", f"values up to {float(iv.vector.abs().max()):.3g} "
+                                          f"overflow in the model's dtype ({limit})")
+        if not torch.isfinite(iv.delta().to(dtype)).all():
+            peak = abs(float(iv.coefficient)) * float(iv.vector.double().abs().max())
+            raise InterventionConfigError(f"{where}.coefficient", f"coefficient {float(iv.coefficient):g} x "
+                                          f"vector reaches {peak:.3g}, which overflows in the model's dtype "
+                                          f"({limit})")
+    elif isinstance(iv, SetIntervention) and not torch.isfinite(iv.values.to(dtype)).all():
+        raise InterventionConfigError(f"{where}.values", f"values up to {float(iv.values.abs().max()):.3g} "
+                                      f"overflow in the model's dtype ({limit})")
 
 
 def _model_info(model: nn.Module, revision: str | None = None) -> dict:
@@ -181,9 +213,10 @@ class InterventionConfig:
             if not isinstance(iv, (AdditiveIntervention, SetIntervention)):
                 raise InterventionConfigError(where, f"expected AdditiveIntervention or SetIntervention, got "
                                               f"{type(iv).__name__}")
-            if not isinstance(iv.name, str) or not iv.name or any(c in iv.name for c in "/\\ \n"):
-                raise InterventionConfigError(f"{where}.name", f"expected a non-empty name without spaces or "
-                                              f"slashes, got {iv.name!r}")
+            if not isinstance(iv.name, str) or not iv.name or not iv.name.isprintable() \
+                    or any(c in iv.name for c in "/\\ "):
+                raise InterventionConfigError(f"{where}.name", f"expected a non-empty name of printable "
+                                              f"characters without spaces or slashes, got {iv.name!r}")
             if iv.name in names:
                 raise InterventionConfigError(f"{where}.name", f"duplicate name {iv.name!r}")
             names.add(iv.name)
@@ -212,6 +245,7 @@ class InterventionConfig:
                 if int(iv.units.max()) >= width:
                     raise InterventionConfigError(f"{where}.units", f"unit index {int(iv.units.max())} out of "
                                                   f"range for {iv.component} of width {width}")
+            check_strength(iv, where, model_dtype(model) if model is not None else torch.float32)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
@@ -236,20 +270,18 @@ class InterventionConfig:
         With ``model``, also writes pyvene's own layout (``config.json`` + ``intkey_*.bin``) so pyvene
         users can ``IntervenableModel.load`` it.
         """
-        from safetensors.torch import save_file
-
         from .card import model_card
+        from .fsutil import fresh_sibling_dir, replace_dir, save_safetensors
 
         self.validate(model)
         target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        work = fresh_sibling_dir(target)
         try:
             tensors = {}
             for iv in self.interventions:
                 for key, t in iv.tensors().items():
                     tensors[key] = t.detach().to("cpu").contiguous()
-            save_file(tensors, str(work / VECTORS_NAME), metadata={"format": "pt"})
+            save_safetensors(tensors, work / VECTORS_NAME, "pt")
             (work / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
             if model is not None:
@@ -258,9 +290,7 @@ class InterventionConfig:
                 export_pyvene(model, self, work)
             (work / "README.md").write_text(model_card(self, pyvene_layout=model is not None, extra=card_extra),
                                             encoding="utf-8")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(work, target)
+            replace_dir(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return target
@@ -268,47 +298,16 @@ class InterventionConfig:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: nn.Module | None = None,
                         revision: str | None = None, cache_dir: str | None = None) -> "InterventionConfig":
-        """Load from a directory or a Hub repo id (``snapshot_download``); JSON + safetensors only."""
-        from .hub import resolve_directory
+        """Load from a directory or a Hub repo id (``snapshot_download``); JSON + safetensors only.
 
-        directory = resolve_directory(path_or_repo_id, revision=revision, cache_dir=cache_dir)
-        return cls._load_directory(directory, model)
+        Strict: unknown or duplicate keys, malformed JSON and files reached through a symlink that leaves
+        the directory are refused with :class:`InterventionConfigError` (see :mod:`interventions.loader`).
+        """
+        from .hub import resolve
+        from .loader import load_directory
 
-    @classmethod
-    def _load_directory(cls, directory: Path, model: nn.Module | None) -> "InterventionConfig":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        config_path = directory / CONFIG_NAME
-        src = str(config_path)
-        if not config_path.is_file():
-            raise InterventionConfigError(CONFIG_NAME, f"not found in {directory}", src)
-        try:
-            raw = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise InterventionConfigError("json", f"malformed JSON at line {err.lineno} column {err.colno}: "
-                                          f"{err.msg}", src) from None
-        if not isinstance(raw, dict):
-            raise InterventionConfigError("json", "expected a JSON object at the top level", src)
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise InterventionConfigError("format_version", f"expected {FORMAT_VERSION}, got {version!r}", src)
-        vectors_path = directory / VECTORS_NAME
-        if not vectors_path.is_file():
-            raise InterventionConfigError(VECTORS_NAME, f"not found in {directory}", src)
-        try:
-            tensors = load_file(str(vectors_path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise InterventionConfigError(VECTORS_NAME, f"unreadable safetensors file: {err}", str(vectors_path)) \
-                from None
-        entries = raw.get("interventions")
-        if not isinstance(entries, list):
-            raise InterventionConfigError("interventions", "expected a list", src)
-        base_model = raw.get("base_model") or {}
-        if not isinstance(base_model, dict):
-            raise InterventionConfigError("base_model", "expected a mapping", src)
-        interventions = [_entry_to_intervention(e, i, tensors, src) for i, e in enumerate(entries)]
-        return cls(interventions, base_model, version).validate(model, source=src)
+        directory, root = resolve(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+        return load_directory(directory, model, root)
 
     def push_to_hub(self, repo_id: str, model: nn.Module | None = None, private: bool = False,
                     token: str | None = None, commit_message: str = "Upload intervention config",
@@ -321,31 +320,8 @@ class InterventionConfig:
             return push_directory(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
     def __repr__(self) -> str:
+        from .fsutil import printable
+
         parts = ", ".join(f"{iv.name}:{iv.kind}@{iv.component}[{iv.layer}]" for iv in self.interventions)
-        return f"InterventionConfig({parts}; base={self.base_model.get('name_or_path', '?')})"
+        return printable(f"InterventionConfig({parts}; base={self.base_model.get('name_or_path', '?')})")
 
-
-def _entry_to_intervention(entry: Any, i: int, tensors: dict, src: str) -> Intervention:
-    where = f"interventions[{i}]"
-    if not isinstance(entry, dict):
-        raise InterventionConfigError(where, "expected a JSON object", src)
-    kind = entry.get("kind")
-    if kind not in KINDS:
-        raise InterventionConfigError(f"{where}.kind", f"expected one of {list(KINDS)}, got {kind!r}", src)
-    required = ("name", "component", "layer") + (("vector",) if kind == "additive" else ("units", "values"))
-    for key in required:
-        if key not in entry:
-            raise InterventionConfigError(f"{where}.{key}", "missing", src)
-
-    def tensor(key: str) -> torch.Tensor:
-        name = entry[key]
-        if not isinstance(name, str) or name not in tensors:
-            raise InterventionConfigError(f"{where}.{key}", f"tensor {name!r} missing from {VECTORS_NAME}", src)
-        return tensors[name]
-
-    common = dict(name=entry["name"], component=entry["component"], layer=entry["layer"],
-                  positions=entry.get("positions", "all"), source=entry.get("source", {}))
-    if kind == "additive":
-        coefficient = entry.get("coefficient", 1.0)
-        return AdditiveIntervention(vector=tensor("vector"), coefficient=coefficient, **common)
-    return SetIntervention(units=tensor("units"), values=tensor("values"), **common)

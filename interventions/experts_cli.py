@@ -57,14 +57,49 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad flags before any model is loaded or anything is written (exit 2, like argparse)."""
+    from evaluate.loaders import FLORES_CODES
+
+    positive = ["n", "batch_size", "retrieval_n"] + (["k"] if args.command == "find" else
+                                                     ["n_prompts", "new_tokens", "n_perplexity"])
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
+    if args.bins < 2:
+        parser.error(f"--bins: expected an integer >= 2, got {args.bins}")
+    if not 0 <= args.seed < 2 ** 63:
+        parser.error(f"--seed: expected an integer in [0, 2**63), got {args.seed}")
+    if args.command == "report":
+        if any(k < 1 for k in args.ks):
+            parser.error(f"--ks: expected integers >= 1, got {args.ks}")
+        if args.side_effect_k is not None and args.side_effect_k < 1:
+            parser.error(f"--side-effect-k: expected an integer >= 1, got {args.side_effect_k}")
+    targets = args.language if args.command == "find" else args.languages
+    for flag, langs in (("--language" if args.command == "find" else "--languages", targets),
+                        ("--contrast", args.contrast)):
+        unknown = [lang for lang in langs if lang not in FLORES_CODES]
+        if unknown:
+            parser.error(f"{flag}: {unknown} not bundled with FLORES-200; expected some of {sorted(FLORES_CODES)}")
+    existing = next((d for d in [Path(args.out), *Path(args.out).parents] if d.exists()), None)
+    if existing is not None and not existing.is_dir():
+        parser.error(f"--out: {existing} exists and is not a directory")
+    if getattr(args, "rankings", None):
+        for lang in targets:
+            if not (Path(args.rankings) / lang / "ranking").is_dir():
+                parser.error(f"--rankings: no {Path(args.rankings) / lang / 'ranking'} (written by an earlier run)")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
     import torch
 
     from evaluate import experts_eval
-    from interventions.experts import find_experts
+    from interventions.experts import find_experts, unit_widths
     from interventions.models import load_model, load_tokenizer
 
     torch.manual_seed(args.seed)
@@ -72,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     contrast = list(dict.fromkeys(list(args.contrast) + [t for t in targets]))
     ks = [args.k] if args.command == "find" else sorted(set(args.ks))
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    n_units = sum(unit_widths(model, args.components))
+    if max(ks) > n_units:  # checked before finding; nothing is written yet
+        print(f"error: k: {max(ks)} experts asked, the model has {n_units} units in {args.components}",
+              file=sys.stderr)
+        return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if getattr(args, "rankings", None):
         from interventions.experts import ExpertRanking
@@ -85,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                                 components=args.components, bins=args.bins, batch_size=args.batch_size)
         find_s = time.time() - t0
         print(f"found experts for {targets} in {find_s:.0f} s ({args.n} sentences x {len(contrast)} languages)")
+    out.mkdir(parents=True, exist_ok=True)
     for lang, ranking in rankings.items():
         ranking.save(out / lang / "ranking")
         if args.command == "find":

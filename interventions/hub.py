@@ -17,9 +17,17 @@ def resolve_directory(path_or_repo_id: str | os.PathLike, revision: str | None =
     Only the JSON config, the safetensors file and the card are downloaded (never pickles). With
     ``HF_HUB_OFFLINE=1`` a pre-populated cache is used.
     """
+    return resolve(path_or_repo_id, revision=revision, cache_dir=cache_dir)[0]
+
+
+def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None,
+            cache_dir: str | None = None) -> tuple[Path, Path]:
+    """``(directory, root)``: the directory as :func:`resolve_directory` gives it, and the folder its files
+    must resolve inside: the directory itself, or for a Hub snapshot the repo's cache folder (the snapshot's
+    files are symlinks into its ``blobs/``)."""
     path = Path(path_or_repo_id)
     if path.is_dir():
-        return path
+        return path, path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -33,10 +41,14 @@ def resolve_directory(path_or_repo_id: str | os.PathLike, revision: str | None =
         raise InterventionConfigError("repo_id", f"{repo_id!r} is not a directory nor a valid Hub repo id: {err}") \
             from None
     try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=ALLOW_PATTERNS))
+        snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                          allow_patterns=ALLOW_PATTERNS))
     except Exception as err:  # offline and not cached, repo missing, auth...
         raise InterventionConfigError("repo_id", f"cannot fetch {repo_id!r} from the Hub: "
                                       f"{type(err).__name__}: {err}") from None
+    # <cache>/models--owner--name/snapshots/<commit>: the snapshot's files link into <cache>/models--.../blobs
+    root = snapshot.parents[1] if snapshot.parent.name == "snapshots" else snapshot
+    return snapshot, root
 
 
 def push_directory(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,

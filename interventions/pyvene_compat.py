@@ -5,9 +5,17 @@ Gemma 3, Qwen 3, Phi 3, OLMo 2, ...), and its ``IntervenableModel.load`` fails w
 any other class. :func:`register` adds the model's class to pyvene's tables with this library's
 canonical components (``block_output``, ``block_input``, ``attention_output``, ``mlp_output``,
 ``mlp_hidden``), resolved generically; classes pyvene already maps are left untouched.
+
+Every import of pyvene in this library goes through :func:`pyvene`, which silences the line pyvene
+prints on import ("nnsight is not detected ..."); :func:`quiet` silences what it prints when saving
+("Directory ... already exists").
 """
 
 from __future__ import annotations
+
+import contextlib
+import io
+import sys
 
 import torch
 from torch import nn
@@ -15,9 +23,23 @@ from torch import nn
 from .components import COMPONENTS, INPUT_HOOK, resolve, unwrap
 
 
+def quiet():
+    """A context that swallows what pyvene prints on stdout (it uses bare ``print`` for status lines)."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def pyvene():
+    """The ``pyvene`` module, imported without its import-time stdout line."""
+    module = sys.modules.get("pyvene")
+    if module is None:
+        with quiet():
+            import pyvene as module
+    return module
+
+
 def register(model: nn.Module) -> bool:
     """Register ``type(unwrap(model))`` with pyvene; returns False if pyvene already maps it."""
-    import pyvene as pv
+    pv = pyvene()
 
     base = unwrap(model)
     cls = type(base)
@@ -36,8 +58,7 @@ def register(model: nn.Module) -> bool:
 
 
 def _set_units_base():
-    import pyvene as pv
-
+    pv = pyvene()
     return pv.ConstantSourceIntervention, pv.LocalistRepresentationIntervention
 
 

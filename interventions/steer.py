@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .components import decoder_stack, resolve, unwrap
-from .config import AdditiveIntervention, InterventionConfig, SetIntervention
+from .config import AdditiveIntervention, InterventionConfig, SetIntervention, check_strength, model_dtype
 
 
 class StepState:
@@ -76,9 +76,9 @@ def _position_mask(state: StepState, positions: str, base: torch.Tensor) -> torc
 
 
 def _pyvene():
-    import pyvene as pv
+    from .pyvene_compat import pyvene
 
-    return pv
+    return pyvene()
 
 
 def _intervention_classes():
@@ -144,7 +144,10 @@ def build_intervenable(model: nn.Module, config: InterventionConfig, state: Step
     state = state or StepState()
     base = unwrap(model)
     representations = []
-    for iv in config.interventions:
+    dtype = model_dtype(model)
+    for i, iv in enumerate(config.interventions):
+        # also checked by validate(); repeated here for callers that build without validating
+        check_strength(iv, f"interventions[{i}]", dtype)
         where = resolve(model, iv.component, iv.layer)
         if isinstance(iv, AdditiveIntervention):
             intervention = AdditiveSteering(iv.delta(), iv.positions, state)
@@ -194,7 +197,7 @@ def export_pyvene(model: nn.Module, config: InterventionConfig, directory: str |
     interventions use ``interventions.pyvene_compat.SetUnitsIntervention``.
     """
     pv = _pyvene()
-    from .pyvene_compat import SetUnitsIntervention, register
+    from .pyvene_compat import SetUnitsIntervention, quiet, register
 
     register(model)
     representations = []
@@ -209,6 +212,7 @@ def export_pyvene(model: nn.Module, config: InterventionConfig, directory: str |
     restore = _preserving_model_state(base)
     try:
         intervenable = pv.IntervenableModel(pv.IntervenableConfig(representations=representations), base)
-        intervenable.save(str(directory))
+        with quiet():  # pyvene prints "Directory ... already exists" on every save
+            intervenable.save(str(directory))
     finally:
         restore()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from interventions.fsutil import save_safetensors
 from interventions.vectors import SteeringVectors
 
 FORMAT = "steering_vectors/1"
@@ -28,9 +29,10 @@ def save_vectors(vectors: SteeringVectors, directory: str | Path) -> Path:
     if vectors.vectors.dim() != 2 or vectors.vectors.shape[0] != len(vectors.layers):
         raise ValueError(f"vectors.vectors: expected Tensor[{len(vectors.layers)}, hidden] (one row per layer), "
                          f"got {tuple(vectors.vectors.shape)}")
-    save_file({"vectors": vectors.vectors.detach().float().cpu().contiguous(),
-               "residual_norms": vectors.residual_norms.detach().float().cpu().contiguous()},
-              str(directory / f"{name}.safetensors"), metadata={"format": FORMAT, "name": name})
+    # one metadata key (the name is in the JSON): byte-identical files between identical runs
+    save_safetensors({"vectors": vectors.vectors.detach().float().cpu().contiguous(),
+                      "residual_norms": vectors.residual_norms.detach().float().cpu().contiguous()},
+                     directory / f"{name}.safetensors", FORMAT)
     meta = {"format": FORMAT, "name": name, "layers": [int(l) for l in vectors.layers],
             "hidden_size": int(vectors.vectors.shape[1]), "source": vectors.source}
     path = directory / f"{name}.json"

@@ -319,3 +319,43 @@ def test_gemma_attention_heads_width(gemma):
     model, _ = gemma
     where = resolve(model, "attention_heads", 0)
     assert where.width == 4 * 256 and where.module_path.endswith("self_attn.o_proj")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--k", "0"], "--k: expected an integer >= 1"),
+    (["--k", "-3"], "--k: expected an integer >= 1"),
+    (["--n", "0"], "--n: expected an integer >= 1"),
+    (["--bins", "1"], "--bins: expected an integer >= 2"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--seed", "-1"], "--seed"),
+    (["--contrast", "en", "xx"], "--contrast: ['xx']"),
+])
+def test_experts_find_refuses_bad_flags_before_any_work(tmp_path, capsys, monkeypatch, flags, message):
+    from interventions import experts_cli, models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded before flags were checked"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        experts_cli.main(["find", "--language", "ko", "--out", str(out), *flags])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_experts_cli_refuses_unknown_language_and_out_under_a_file(tmp_path, capsys):
+    from interventions import experts_cli
+
+    with pytest.raises(SystemExit) as exit_:
+        experts_cli.main(["find", "--language", "xx", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and "--language: ['xx']" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        experts_cli.main(["report", "--ks", "0", "5", "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2 and "--ks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        experts_cli.main(["find", "--language", "ko", "--out", str(tmp_path / "file")])
+    assert exit_.value.code == 2 and "not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        experts_cli.main(["find", "--language", "ko", "--out", str(tmp_path / "file" / "sub")])
+    assert exit_.value.code == 2 and "not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
