@@ -246,7 +246,9 @@ def run(args: argparse.Namespace) -> int:
     except (InterventionConfigError, LlamaCppExportError, LoraExportError) as err:
         for path in written:
             path.unlink(missing_ok=True)
-        print(f"error: {err}", file=sys.stderr)
+        from .fsutil import printable  # names come from the directory: escape control characters
+
+        print(f"error: {printable(err)}", file=sys.stderr)
         return 2
     layers = ", ".join(str(layer) for layer in sorted(directions))
     print(f"wrote {out_path} (direction.{{{layers}}})" + (f" and {lora_path}" if lora is not None else ""))
