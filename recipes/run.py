@@ -5,12 +5,14 @@
     python -m recipes.run my.yaml --out runs/mine --force evaluate
     accelerate launch -m recipes.run surgical      # evaluation split across processes
 
-Exit codes: 0 done, 2 bad recipe (one message naming the field; nothing written), 1 a stage failed.
+Exit codes: 0 done, 2 bad recipe (one message naming the field; nothing written) or another run holding
+the run directory's lock, 1 a stage failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from .plan import Plan, StageWriter, atomic_write_text, is_complete, make_plan
+from .inputs import check_environment
+from .plan import Plan, RunLock, StageWriter, atomic_write_text, clean_stale, is_complete, make_plan
 from .schema import STAGES, RecipeError
 from .validate import load_recipe, model_shape
 
@@ -55,8 +58,7 @@ def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]:
     args = build_parser().parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(os.path.expanduser(args.out)) if args.out else Path("runs") / recipe.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RecipeError("--out", f"expected a directory, got an existing file: {run_dir}")
+    check_environment(recipe, run_dir)
     plan = make_plan(recipe, run_dir)
     plan.forced = set(STAGES) if "all" in args.force else set(args.force)
     refresh(plan)
@@ -71,12 +73,23 @@ def refresh(plan: Plan) -> None:
 
 
 def execute(plan: Plan) -> None:
-    """Run every active, incomplete stage in order; each one commits atomically."""
-    from .distributed import is_main_process, partial_state, shutdown, wait_for_everyone
-    from .stages import STAGE_FUNCTIONS, RunContext
+    """Run every active, incomplete stage in order under the run directory's lock; each one commits atomically."""
+    from .distributed import is_main_process, partial_state
 
     state = partial_state()
     main = is_main_process(state)
+    with RunLock(plan.run_dir) if main else contextlib.nullcontext():
+        if main:
+            stale = clean_stale(plan.run_dir)
+            if stale:
+                print(f"[run] removed {len(stale)} leftover(s) of an interrupted run: {', '.join(stale)}", flush=True)
+        _execute(plan, state, main)
+
+
+def _execute(plan: Plan, state, main: bool) -> None:
+    from .distributed import shutdown, wait_for_everyone
+    from .stages import STAGE_FUNCTIONS, RunContext
+
     ctx = RunContext(plan.recipe, plan, state)
     env = versions()
     # Every process decides skip/run from the same disk state (a late starter must not see stages

@@ -1,9 +1,11 @@
 """The recipe: one YAML file mapped onto one config dataclass per stage (TRL style).
 
-``load_recipe(path, overrides)`` reads the YAML, applies ``--set a.b=value`` overrides, converts
-every section into its dataclass with strict type checks, and validates the whole recipe
-(cross-field rules, files, Hub ids, layers against the model's known depth) without importing
-torch or loading a model. Anything wrong raises one :class:`RecipeError` naming the field.
+``load_recipe(path, overrides)`` reads the YAML (:mod:`recipes.yaml_io`), applies ``--set a.b=value``
+overrides, converts every section into its dataclass with strict type checks, and validates the whole
+recipe (:mod:`recipes.validate`: cross-field rules, task x language support, Hub ids, layers against the
+model's known depth) without loading a model. Anything wrong raises one :class:`RecipeError` naming the
+field. The schema offers only what the stages honour: vectors are computed at ``block_output`` from the
+named contrast data (no contrast files).
 """
 
 from __future__ import annotations
@@ -12,19 +14,19 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Optional, Union
-
-import yaml
+from typing import Any, ClassVar, Literal, Optional, Union
 
 LANGUAGES = ("en", "ar", "es", "id", "ko", "zh", "el", "fa", "am")
 TASKS = ("global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe")
 VARIANTS = ("base", "cla", "base+en", "base+loc", "base+surgical", "cla+en", "cla+loc", "cla+surgical")
 METHODS = ("none", "multilingual_sft", "midalign", "clo")
-COMPONENTS = ("block_input", "block_output", "attention_output", "mlp_output")
+COMPONENTS = ("block_output",)
+"""Components the steering stage computes vectors at (``interventions.vectors`` collects block_output)."""
 EN_DATA = ("flores",)
 """Named contrast data of EN-transfer vectors: parallel FLORES-200 dev sentences (English vs L)."""
 LOC_DATA = ("blend", "locale_probe")
@@ -34,6 +36,8 @@ Language = Literal["en", "ar", "es", "id", "ko", "zh", "el", "fa", "am"]
 Task = Literal["global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe"]
 Variant = Literal["base", "cla", "base+en", "base+loc", "base+surgical", "cla+en", "cla+loc", "cla+surgical"]
 Auto = Literal["auto"]
+EnData = Literal["flores"]
+LocData = Literal["blend", "locale_probe"]
 
 
 class RecipeError(ValueError):
@@ -47,7 +51,15 @@ class RecipeError(ValueError):
 
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""
-        return f"{where}{self.field}: {self.message}"
+        return printable(f"{where}{self.field}: {self.message}")
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters (NUL, ANSI escapes, newlines, bidi marks) escaped."""
+    if all(unicodedata.category(c)[0] != "C" for c in text):
+        return text
+    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 # ---------------------------------------------------------------- stage configs
@@ -89,13 +101,25 @@ class VectorConfig:
     layer: Union[int, Auto] = "auto"
     coefficient: Union[float, Auto] = "auto"
     data: Union[str, list[str], None] = None
-    """Contrast data: ``flores`` (EN), ``blend`` / ``locale_probe`` (LOC), or a file; one or a list.
-    Default: flores for EN, [blend, locale_probe] for LOC."""
+    """Named contrast data, one or a list (no files): see the EN / LOC subclasses."""
     n: int = 64
     """Contrast prompts per language."""
     reduce: Optional[Literal["mean", "last"]] = None
     """How token activations become one per prompt (default: mean for EN, last for LOC)."""
     positions: Literal["all", "prompt", "generated", "last"] = "all"
+    NOTES: ClassVar[dict] = {"data": "named contrast data only: contrast files are not supported"}
+
+
+@dataclass
+class EnVectorConfig(VectorConfig):
+    data: Union[EnData, list[EnData], None] = None
+    """``flores``: parallel FLORES-200 dev sentences, English vs L (the default)."""
+
+
+@dataclass
+class LocVectorConfig(VectorConfig):
+    data: Union[LocData, list[LocData], None] = None
+    """``blend`` / ``locale_probe``: explicit-cue vs cue-less twin prompts (default: both)."""
 
 
 # Per-vector defaults filled in after parsing, so the resolved recipe (and its hashes) is explicit.
@@ -107,10 +131,12 @@ VECTOR_DEFAULTS = {"en": {"data": "flores", "reduce": "mean"},
 class SteeringConfig:
     load: Optional[str] = None
     """Load an intervention directory (path or Hub id) instead of computing vectors."""
-    component: Literal["block_input", "block_output", "attention_output", "mlp_output"] = "block_output"
+    component: Literal["block_output"] = "block_output"
+    """Where vectors are computed and added (a loaded directory names its own components)."""
+    NOTES: ClassVar[dict] = {"component": "the steering stage computes vectors at block_output only"}
     method: Literal["mean_difference", "pca"] = "mean_difference"
-    en: VectorConfig = field(default_factory=VectorConfig)
-    loc: VectorConfig = field(default_factory=VectorConfig)
+    en: EnVectorConfig = field(default_factory=EnVectorConfig)
+    loc: LocVectorConfig = field(default_factory=LocVectorConfig)
     layers: Optional[list[int]] = None
     """Layer grid for ``layer: auto`` (default: every layer)."""
     coefficients: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
@@ -127,13 +153,14 @@ class SteeringConfig:
 class EvaluateConfig:
     tasks: list[Task] = field(default_factory=lambda: ["global_mmlu_cloze", "blend"])
     languages: list[Language] = field(default_factory=lambda: ["ar", "es", "id", "ko", "zh"])
-    variants: list[Variant] = field(default_factory=lambda: ["base", "cla", "cla+en", "cla+loc", "cla+surgical"])
+    variants: list[Variant] = field(default_factory=lambda: ["base", "base+en", "base+loc", "base+surgical"])
+    """Default: no adapter variants, since alignment defaults to none (add cla* with an adapter)."""
     split: Literal["test", "extract", "all"] = "test"
     n: Optional[int] = 50
     """Max items per task x language (null: all)."""
     batch_size: int = 8
     bootstrap: int = 1000
-    """Bootstrap resamples for confidence intervals."""
+    """Bootstrap resamples for confidence intervals (at least 1)."""
 
 
 @dataclass
@@ -219,9 +246,19 @@ STAGES = ("model", "alignment", "steering", "analysis", "experts", "evaluate", "
 # ---------------------------------------------------------------- conversion
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def describe(value: Any) -> str:
+    """A short repr of a value of any size (bounded work: never builds the full repr of a huge value)."""
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int of more than 4300 digits
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
+
 
 
 def _type_name(tp: Any) -> str:
@@ -262,21 +299,25 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             try:
                 return _convert(value, arg, path)
             except RecipeError as err:
-                errors.append(err)
-        raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+                errors.append((arg, err))
+        for arg, err in errors:  # a list meets the list branch (its error names the entry), a string the names
+            if (isinstance(value, list) and typing.get_origin(arg) is list and err.field != path) or (
+                    isinstance(value, str) and typing.get_origin(arg) is Literal and len(errors) == 2):
+                raise err
+        raise RecipeError(path, f"expected {_type_name(tp)}, got {describe(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if isinstance(value, str) and value in allowed:
             return value
         hint = ""
-        if isinstance(value, str):
+        if isinstance(value, str) and len(allowed) > 1:
             close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RecipeError(path, f"expected one of {', '.join(repr(a) for a in allowed)}, "
-                                f"got {_describe(value)}{hint}")
+                                f"got {describe(value)}{hint}")
     if origin is list:
         if not isinstance(value, list):
-            raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+            raise RecipeError(path, f"expected {_type_name(tp)}, got {describe(value)}")
         (item_tp,) = typing.get_args(tp)
         return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
@@ -290,34 +331,34 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             try:
                 value = float(value.strip())
             except ValueError:
-                raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}") from None
+                raise RecipeError(path, f"expected {_type_name(tp)}, got {describe(value)}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
-                raise RecipeError(path, f"expected a finite number, got {_describe(value)}")
+                raise RecipeError(path, f"expected a finite number, got {describe(value)}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
     else:  # pragma: no cover - schema bug
         raise TypeError(f"unsupported schema type {tp!r} at {path}")
-    raise RecipeError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+    raise RecipeError(path, f"expected {_type_name(tp)}, got {describe(value)}")
 
 
 def _build(cls: type, data: Any, path: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(path or "recipe", f"expected a mapping, got {_describe(data)}")
+        raise RecipeError(path or "recipe", f"expected a mapping, got {describe(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
-        shown = key if isinstance(key, str) and re.fullmatch(r"[\w+-]+", key) else repr(key)
+        shown = key if isinstance(key, str) and re.fullmatch(r"[\w+-]+", key) else describe(key)
         where = f"{path}.{shown}" if path else shown
         if not isinstance(key, str):
             hint = (" (YAML reads unquoted on/off/yes/no/true/false as booleans; quote the key)"
                     if isinstance(key, bool) else "")
-            raise RecipeError(where, f"keys must be strings, got {_describe(key)}{hint}")
+            raise RecipeError(where, f"keys must be strings, got {describe(key)}{hint}")
         if key == "token" and cls is PublishConfig:
             raise RecipeError(where, "never put a token in a recipe; it is read from the environment "
                                      "variable named by publish.token_env (default HF_TOKEN)")
@@ -325,7 +366,13 @@ def _build(cls: type, data: Any, path: str):
             close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
             raise RecipeError(where, f"unknown key{hint}")
-        kwargs[key] = _convert(value, hints[key], where)
+        try:
+            kwargs[key] = _convert(value, hints[key], where)
+        except RecipeError as err:
+            note = getattr(cls, "NOTES", {}).get(key)
+            if note and note not in err.message and "did you mean" not in err.message:
+                err.message += f" ({note})"
+            raise
     return cls(**kwargs)
 
 
@@ -340,84 +387,3 @@ def recipe_from_dict(data: Any, *, name: str | None = None) -> Recipe:
             if getattr(vec, key) is None:
                 setattr(vec, key, list(value) if isinstance(value, list) else value)
     return recipe
-
-
-# ---------------------------------------------------------------- YAML + overrides
-
-
-def parse_yaml(text: str, file: str = "<recipe>") -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        raise RecipeError(line, f"invalid YAML: {err.problem or err.context}", file) from None
-    except yaml.YAMLError as err:
-        raise RecipeError("YAML", f"invalid YAML: {err}", file) from None
-    except RecursionError:
-        raise RecipeError("YAML", "nesting too deep", file) from None
-
-
-def _known_keys(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def apply_override(data: dict, assignment: str) -> dict:
-    """Apply ``a.b.c=value`` (value parsed as YAML, so ``14`` is an int) to a raw recipe mapping."""
-    if "=" not in assignment:
-        raise RecipeError("--set", f"expected KEY=VALUE (e.g. steering.loc.layer=14), got {assignment!r}")
-    key, _, raw = assignment.partition("=")
-    parts = key.strip().split(".")
-    if not key.strip() or any(not p for p in parts):
-        raise RecipeError("--set", f"expected a dotted key such as steering.loc.layer, got {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, RecursionError):
-        value = raw
-    cls: Any = Recipe
-    node = data
-    for i, part in enumerate(parts):
-        where = ".".join(parts[: i + 1])
-        names = _known_keys(cls)
-        if part not in names:
-            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
-            raise RecipeError(where, f"unknown key{hint}")
-        if i == len(parts) - 1:
-            node[part] = value
-        else:
-            tp = typing.get_type_hints(cls)[part]
-            if not dataclasses.is_dataclass(tp):
-                raise RecipeError(key.strip(), f"{where} is not a section; cannot set a key inside it")
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise RecipeError(where, f"expected a mapping, got {_describe(child)}")
-            node = child
-            cls = tp
-    return data
-
-
-def read_recipe_data(path: Path, overrides: list[str] = ()) -> dict:
-    """The raw mapping of a recipe file with overrides applied (errors name the file)."""
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError("recipe", f"no such recipe file: {file}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError("recipe", f"cannot read {file}: {err}") from None
-    data = parse_yaml(text, file)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError("recipe", f"expected a mapping of sections at the top level, got {_describe(data)}",
-                          file)
-    try:
-        for assignment in overrides:
-            apply_override(data, assignment)
-    except RecipeError as err:
-        err.file = err.file or file
-        raise
-    return data

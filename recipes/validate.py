@@ -8,12 +8,21 @@ available the check is deferred to load time (:func:`check_layers`, same message
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .schema import EN_DATA, LANGUAGES, LOC_DATA, Recipe, RecipeError, read_recipe_data, recipe_from_dict
+from .schema import LANGUAGES, Recipe, RecipeError, describe, recipe_from_dict
+from .inputs import check_adapter_dir, check_intervention_dir
+from .yaml_io import read_recipe_data
+
+SEED_MAX = 2**32 - 1
+"""numpy's legacy seeding (``np.random.seed``) takes seeds in [0, 2**32 - 1]."""
+DEVICE = re.compile(r"(cpu|mps|cuda|xpu)(:\d{1,3})?")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -123,30 +132,80 @@ def _positive(value, field: str, *, zero: bool = False) -> None:
 
 
 def _check_contrast_data(data: str | list[str], which: str) -> None:
-    named = EN_DATA if which == "en" else LOC_DATA
+    """Named data only (the schema's types); an empty list or a repeated name is refused here."""
     entries = [data] if isinstance(data, str) else data
     if not entries:
         raise RecipeError(f"steering.{which}.data", "expected at least one contrast data source")
-    for i, entry in enumerate(entries):
-        field = f"steering.{which}.data" + ("" if isinstance(data, str) else f"[{i}]")
-        if entry in named:
-            continue
-        path = Path(os.path.expanduser(entry))
-        if not looks_like_path(entry) and not path.suffix:
-            raise RecipeError(field, f"expected one of {', '.join(named)} or a file, got {entry!r}")
-        if not path.is_file():
-            raise RecipeError(field, f"no such file: {entry!r}")
+    if len(set(entries)) != len(entries):
+        raise RecipeError(f"steering.{which}.data", f"duplicate entries in {entries}")
+
+
+def _plain_name(name: str) -> None:
+    bad = [c for c in name if unicodedata.category(c)[0] == "C" or c in "/\\"]
+    if not name.strip() or bad or name.startswith((".", "-")) or len(name) > 128 or name != name.strip():
+        raise RecipeError("name", "expected a plain run name (a file name: no '/', '\\' or control characters, "
+                                  f"not starting with '.' or '-', at most 128 characters), got {describe(name)}")
+
+
+def _tasks(names: list[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each task's (kind, languages), from the task itself (``evaluate.tasks``; imports no torch)."""
+    from evaluate.tasks import get_task
+
+    return {name: (task.kind, tuple(task.languages)) for name in names for task in [get_task(name)]}
+
+
+def _check_task_languages(recipe: Recipe) -> None:
+    """Every evaluated (task, language) has items, every LOC vector language has contrast twins, and an
+    ``auto`` selection has items of its own kind to select on."""
+    e, s = recipe.evaluate, recipe.steering
+    tasks = _tasks(list(dict.fromkeys(e.tasks + ["blend", "locale_probe"])))
+    served = {name: langs for name, (_, langs) in tasks.items()}
+    for task in e.tasks:
+        for i, lang in enumerate(e.languages):
+            if served[task] and lang not in served[task]:
+                raise RecipeError(f"evaluate.languages[{i}]", f"task {task} has no items in {lang!r} (it serves "
+                                  f"{', '.join(served[task])}); drop {lang} or the task")
+    if s.load is not None:
+        return
+    if s.loc.enabled:
+        data = [s.loc.data] if isinstance(s.loc.data, str) else s.loc.data
+        for i, lang in enumerate(e.languages):
+            if lang != "en" and not any(lang in served[d] for d in data):
+                raise RecipeError(f"evaluate.languages[{i}]", f"no LOC contrast data in {lang!r}: steering.loc.data "
+                                  f"{data} serves {', '.join(sorted({x for d in data for x in served[d]}))}")
+    for which, kind in (("en", "transfer"), ("loc", "localization")):
+        vec = getattr(s, which)
+        auto = [k for k in ("layer", "coefficient") if getattr(vec, k) == "auto"]
+        used = any("+" in v for v in e.variants) or recipe.publish.enabled or recipe.analysis.enabled
+        if used and vec.enabled and auto and not any(tasks[t][0] == kind for t in e.tasks):
+            raise RecipeError(f"steering.{which}.{auto[0]}", f"\"auto\" selects on the extract items of the "
+                              f"{kind} tasks, and evaluate.tasks has none; add one or fix the layer and coefficient")
+
+
+def _check_load_conflicts(recipe: Recipe) -> None:
+    """With ``steering.load`` every other steering field is ignored: refuse any that differs from its default."""
+    default = dataclasses.asdict(recipe_from_dict({}).steering)
+    given = dataclasses.asdict(recipe.steering)
+    for key, value in given.items():
+        pairs = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in pairs:
+            d = default[key][sub] if sub is not None else default[key]
+            if key != "load" and v != d:
+                where = f"steering.{key}" + (f".{sub}" if sub else "")
+                raise RecipeError(where, f"ignored when steering.load is set (the loaded directory fixes "
+                                         f"layers, coefficients and components): remove it or steering.load")
 
 
 def validate_recipe(recipe: Recipe) -> Recipe:
     """Cross-field rules, files and Hub ids, and layer ranges where the model's depth is known."""
     m, a, s, e, p = recipe.model, recipe.alignment, recipe.steering, recipe.evaluate, recipe.publish
-    if not recipe.name or "/" in recipe.name or recipe.name.startswith("."):
-        raise RecipeError("name", f"expected a plain run name (no '/', not starting with '.'), got {recipe.name!r}")
-    if recipe.seed < 0:
-        raise RecipeError("seed", f"expected a non-negative int, got {recipe.seed}")
+    _plain_name(recipe.name)
+    if not 0 <= recipe.seed <= SEED_MAX:
+        raise RecipeError("seed", f"expected an int in [0, 2**32 - 1], got {describe(recipe.seed)}")
     if m.name not in KNOWN_MODELS:
         check_hub_id_or_path(m.name, "model.name", must_contain="config.json")
+    if m.device is not None and not DEVICE.fullmatch(m.device):
+        raise RecipeError("model.device", f"expected cpu, cuda, cuda:N, mps or xpu, got {describe(m.device)}")
     if m.device is not None and m.device_map is not None:
         raise RecipeError("model.device_map", "give model.device or model.device_map, not both")
 
@@ -155,15 +214,16 @@ def validate_recipe(recipe: Recipe) -> Recipe:
         if a.method != "none":
             raise RecipeError("alignment.adapter",
                               f"give either alignment.method (train {a.method}) or alignment.adapter (load), not both")
-        check_hub_id_or_path(a.adapter, "alignment.adapter", must_contain="adapter_config.json")
+        if check_hub_id_or_path(a.adapter, "alignment.adapter", must_contain="adapter_config.json") == "path":
+            check_adapter_dir(a.adapter)
     for name in ("max_steps", "batch_size", "lora_r", "lora_alpha", "n"):
         _positive(getattr(a, name), f"alignment.{name}")
     _positive(a.learning_rate, "alignment.learning_rate")
     if a.method == "midalign" and a.batch_size is not None and a.batch_size < 2:
         raise RecipeError("alignment.batch_size", "midalign's InfoNCE needs in-batch negatives: expected >= 2, "
                                                   f"got {a.batch_size}")
-    if a.seed is not None and a.seed < 0:
-        raise RecipeError("alignment.seed", f"expected a non-negative int, got {a.seed}")
+    if a.seed is not None and not 0 <= a.seed <= SEED_MAX:
+        raise RecipeError("alignment.seed", f"expected an int in [0, 2**32 - 1], got {describe(a.seed)}")
     if a.languages is not None:
         if not a.languages:
             raise RecipeError("alignment.languages", "expected at least one language")
@@ -172,14 +232,21 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     has_cla = a.method != "none" or a.adapter is not None
 
     # steering
+    shape = model_shape(m.name, m.revision)
+    non_english = [x for x in e.languages if x != "en"]
     if s.load is not None:
-        check_hub_id_or_path(s.load, "steering.load", must_contain="intervention_config.json")
+        _check_load_conflicts(recipe)
+        if check_hub_id_or_path(s.load, "steering.load", must_contain="intervention_config.json") == "path":
+            check_intervention_dir(s.load, shape, m.name)
     else:
         for which in ("en", "loc"):
             vec = getattr(s, which)
             if not vec.enabled:
                 continue
             _positive(vec.n, f"steering.{which}.n")
+            if s.method == "pca" and vec.n < 2:
+                raise RecipeError(f"steering.{which}.n", f"steering.method pca needs at least 2 contrast prompts, "
+                                                         f"got {vec.n}")
             if vec.coefficient != "auto" and vec.coefficient == 0:
                 raise RecipeError(f"steering.{which}.coefficient", "expected a non-zero number or \"auto\", got 0")
             _check_contrast_data(vec.data, which)
@@ -216,9 +283,19 @@ def validate_recipe(recipe: Recipe) -> Recipe:
                                   f"{variant!r} needs the {which.upper()} vector: steering.{which}.enabled is false")
     _positive(e.n, "evaluate.n")
     _positive(e.batch_size, "evaluate.batch_size")
-    _positive(e.bootstrap, "evaluate.bootstrap", zero=True)
-    if s.load is None and s.loc.enabled and not [x for x in e.languages if x != "en"]:
-        raise RecipeError("evaluate.languages", "LOC vectors need at least one language other than en")
+    for which in ("en", "loc") if s.load is None and not non_english else ():
+        if getattr(s, which).enabled:
+            raise RecipeError("evaluate.languages", f"the {which.upper()} vector needs at least one language "
+                              f"other than en (or set steering.{which}.enabled: false)")
+    if e.bootstrap < 1:
+        raise RecipeError("evaluate.bootstrap", f"expected at least 1 resample (confidence intervals), "
+                                                f"got {e.bootstrap}")
+    _check_task_languages(recipe)
+    tuned = [f"steering.{w}.{k}" for w in ("en", "loc") for k in ("layer", "coefficient")
+             if s.load is None and getattr(s, w).enabled and getattr(getattr(s, w), k) == "auto"]
+    if tuned and e.split != "test" and any("+" in v for v in e.variants):
+        raise RecipeError("evaluate.split", f"{e.split!r} includes the extract items that {tuned[0]}: auto is "
+                                            "selected on; evaluate on 'test' or fix the layer and coefficient")
 
     # analysis
     an = recipe.analysis
@@ -236,6 +313,11 @@ def validate_recipe(recipe: Recipe) -> Recipe:
             raise RecipeError("publish.repo_id", "publish.enabled is true: expected a Hub repo id (owner/name)")
         if "adapter" in p.push and not has_cla:
             raise RecipeError("publish.push", "'adapter' needs an adapter: set alignment.method or alignment.adapter")
+        if "intervention" in p.push and s.load is None and not (s.en.enabled or s.loc.enabled):
+            raise RecipeError("publish.push", "'intervention' needs the steering stage: steering.load or an "
+                                              "enabled vector")
+        if "report" in p.push and not recipe.report.enabled:
+            raise RecipeError("publish.push", "'report' needs the report stage: report.enabled is false")
     if p.repo_id is not None:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -246,7 +328,6 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     if not p.token_env.strip():
         raise RecipeError("publish.token_env", "expected an environment variable name")
 
-    shape = model_shape(m.name, m.revision)
     if shape is not None:
         check_layers(recipe, shape.num_layers)
     return recipe

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recipes.plan import make_plan
-from recipes.schema import Recipe, RecipeError, apply_override, parse_yaml, recipe_from_dict
+from recipes.schema import Recipe, RecipeError, recipe_from_dict
+from recipes.yaml_io import apply_override, parse_yaml
 from recipes.validate import load_recipe, validate_recipe
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -71,10 +71,11 @@ CATALOGUE = [
     ("adapter-and-method", patched(**{"alignment.adapter": "org/adapter"}), [], "alignment.adapter"),
     ("missing-intervention-dir", patched(**{"steering.load": "./no-intervention"}), [], "steering.load"),
     ("bad-intervention-hub-id", patched(**{"steering.load": "a--b/c"}), [], "steering.load"),
-    ("missing-contrast-file", patched(**{"steering.loc.data": "./contrast.jsonl"}), [], "steering.loc.data: no such file"),
+    ("missing-contrast-file", patched(**{"steering.loc.data": "./contrast.jsonl"}), [],
+     "steering.loc.data: expected one of 'blend', 'locale_probe', got './contrast.jsonl' (named contrast data only"),
     ("unknown-contrast-name", patched(**{"steering.en.data": "wikipedia"}), [], "steering.en.data"),
     ("loc-data-without-cue-twins", patched(**{"steering.loc.data": ["blend", "fact_probe"]}), [],
-     "steering.loc.data[1]: expected one of blend, locale_probe"),
+     "steering.loc.data[1]: expected one of 'blend', 'locale_probe'"),
     ("unknown-reduce", patched(**{"steering.loc.reduce": "max"}), [], "steering.loc.reduce"),
     ("token-in-file", patched(**{"publish.token": "hf_secret"}), [], "publish.token"),
     ("publish-without-repo", patched(**{"publish.enabled": True}), [], "publish.repo_id"),
@@ -136,7 +137,9 @@ def test_missing_recipe_file_and_out_is_a_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("recipe", shipped_recipes(), ids=lambda p: p.stem)
-def test_shipped_recipes_dry_run(recipe, tmp_path, capsys):
+def test_shipped_recipes_dry_run(recipe, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # offline, an uncached GPU model is refused (tested
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)  # in test_recipe_refusals); online it is deferred
     out = tmp_path / "run"
     assert main([recipe.stem, "--dry-run", "--out", str(out)]) == 0
     text = capsys.readouterr().out
