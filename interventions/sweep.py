@@ -1,122 +1,320 @@
-"""Layer x coefficient sweeps of a steering vector on both axes, and the selection rules.
+"""Layer x alpha sweeps of a steering vector on both axes, their KL cost, and the selection rule.
 
-For every (layer, coefficient) the model is steered with ``vectors.intervention(layer, ...)`` and the
-``extract`` items of both axes are scored with :func:`evaluate.scoring.score_items`:
+For every (layer, alpha) the model is steered with ``vectors.intervention(layer, alpha=alpha)`` (alpha in
+the vector's own units: alpha = 1 adds the estimated mean difference, alpha = 0 is the unsteered model bit
+for bit; see :mod:`interventions.vectors`) and the items of both axes are scored with
+:func:`evaluate.scoring.score_items`. Each row (cell) holds
 
-* ``transfer_score`` -- accuracy (gold chosen) over the transfer items;
-* ``localization_score`` -- local answer chosen over the localization items;
+* ``transfer_score`` (gold chosen) and ``transfer_margin`` (log-prob of the gold minus the best other
+  candidate), means over the transfer items;
+* ``localization_score`` (local answer chosen) and ``localization_margin`` (log-prob of the local answer
+  minus the US one), means over the localization items;
+* each as a gain over the unsteered model (``transfer_gain``, ``transfer_margin_gain``, ...);
+* ``kl``: the mean KL divergence KL(P_steered || P_unsteered) of the next-token distribution after each
+  neutral text (e.g. FLORES devtest sentences in the target language; None without neutral texts), the
+  cost of that strength. alpha = 0 has kl 0 exactly.
 
-and each is also given as a gain over the unsteered model (``transfer_gain``, ``localization_gain``).
+Margins use the item's own normalisation (summed, or per-token mean), so ``margin > 0`` iff the scorer
+chooses that answer over the other (ties aside). With ``per_item=True`` the sweep also returns one record per
+(cell, item) -- the scored grid that :mod:`evaluate.selection` cross-validates without further model calls.
 
-Selection (chosen on ``extract``; report on ``test`` only):
+Selection (:func:`choose` / :func:`select`): EN maximises its transfer gain subject to the localization
+loss <= ``tolerance`` (LOC the reverse) and ``kl <= max_kl``; alpha = 0 (unsteered) is always a candidate and
+is chosen unless a cell has a strictly positive gain; ties go to the smaller |alpha|, then the smaller KL,
+then a seeded random draw (never by depth).
 
-* EN: the (layer, coefficient) maximising ``transfer_gain`` with ``localization_gain >= -tolerance``;
-* LOC: the (layer, coefficient) maximising ``localization_gain`` with ``transfer_gain >= -tolerance``;
-* Surgical Steering: both chosen interventions applied at once (:func:`surgical_config`).
-
-:func:`sweep` runs every (layer, coefficient) with a full forward (the reference); :func:`cached_sweep`
-gives the same rows from ONE unsteered pass that records every grid layer's output and the KV-cache
-updates below it, then replays layers <= l for every cell at layer l, so only the layers above l run.
+:func:`sweep` runs every cell with a full forward (the reference); :func:`cached_sweep` gives the same
+rows from ONE unsteered pass (:class:`interventions.prefix_cache.PrefixCache`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
+from interventions.prefix_cache import PrefixCache
 from interventions.vectors import SteeringVectors
 
+ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+AXES = ("transfer", "localization")
+RULES = {"en": ("transfer", "localization"), "loc": ("localization", "transfer")}
+MEASURES = {"margin": "_margin_gain", "score": "_gain"}
 
-def _accuracy(items, scores, attr: str) -> float | None:
-    pairs = [(getattr(it, attr), s.choice) for it, s in zip(items, scores) if getattr(it, attr) is not None]
-    return sum(a == c for a, c in pairs) / len(pairs) if pairs else None
+
+# --------------------------------------------------------------------------- per-item outcomes
+
+def item_margin(item, score) -> tuple[str, float, float] | None:
+    """``(axis, margin, correct)`` of one scored item, or None when it has no answer key for its axis.
+
+    Transfer (``item.gold`` set): gold minus the best other candidate. Localization (``item.local`` and
+    ``item.us`` set): local minus US. In the scorer's normalisation of that item (sum or per-token mean).
+    """
+    lp = score.mean_logprob if score.normalization == "mean" else score.logprob
+    if item.gold is not None:
+        others = [x for j, x in enumerate(lp) if j != item.gold]
+        margin = lp[item.gold] - max(others) if others else 0.0
+        return "transfer", float(margin), float(score.choice == item.gold)
+    if item.local is not None and item.us is not None:
+        return "localization", float(lp[item.local] - lp[item.us]), float(score.choice == item.local)
+    return None
 
 
-def evaluate_axes(model, tokenizer, transfer_items: Sequence, localization_items: Sequence, batch_size: int = 16
-                  ) -> dict[str, float | None]:
-    """``transfer_score`` (gold accuracy) and ``localization_score`` (local-answer rate) of ``model`` now."""
+def _axis_means(items, scores, axis: str) -> tuple[float | None, float | None]:
+    outs = [m for m in (item_margin(it, s) for it, s in zip(items, scores)) if m is not None and m[0] == axis]
+    if not outs:
+        return None, None
+    return sum(c for _, _, c in outs) / len(outs), sum(m for _, m, _ in outs) / len(outs)
+
+
+def _summary(transfer_items, t_scores, localization_items, l_scores) -> dict[str, float | None]:
+    t_score, t_margin = _axis_means(transfer_items, t_scores, "transfer")
+    l_score, l_margin = _axis_means(localization_items, l_scores, "localization")
+    return {"transfer_score": t_score, "localization_score": l_score, "transfer_margin": t_margin,
+            "localization_margin": l_margin}
+
+
+# --------------------------------------------------------------------------- KL on neutral text
+
+@torch.no_grad()
+def next_token_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """Log-probabilities of the next token after each text under the model as it is now (steered or not).
+
+    ``Tensor[n_texts, vocab]`` (float32, CPU). Texts are left-padded with explicit ``position_ids`` (a padded
+    row equals the unpadded one) and the LM head runs at the last position only. Memory: n_texts x vocab.
+    """
+    if isinstance(texts, str) or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError("neutral_texts: expected a sequence of non-empty strings")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    for s in range(0, len(texts), batch_size):
+        ids = [list(tokenizer(t)["input_ids"]) for t in texts[s:s + batch_size]]
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=1).logits[:, -1]
+        out.append(logits.float().log_softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def kl_divergence(steered: torch.Tensor, base: torch.Tensor) -> float:
+    """Mean over rows of KL(P_steered || P_base) from two ``[n, vocab]`` log-probability tensors (nats)."""
+    if steered.shape != base.shape:
+        raise ValueError(f"kl_divergence: shapes {tuple(steered.shape)} and {tuple(base.shape)} differ")
+    kl = torch.nn.functional.kl_div(base.double(), steered.double(), log_target=True, reduction="none").sum(-1)
+    return float(kl.mean())
+
+
+# --------------------------------------------------------------------------- one cell
+
+def _measure(model, tokenizer, transfer_items, localization_items, neutral_texts, batch_size):
+    """Per-item scores of both axes and the neutral texts' next-token log-probs (None without texts)."""
     from evaluate.scoring import score_items
 
     t = score_items(model, tokenizer, transfer_items, batch_size=batch_size, progress=False)
     l = score_items(model, tokenizer, localization_items, batch_size=batch_size, progress=False)
-    return {"transfer_score": _accuracy(transfer_items, t, "gold"),
-            "localization_score": _accuracy(localization_items, l, "local")}
+    neutral = next_token_logprobs(model, tokenizer, neutral_texts, batch_size) if neutral_texts else None
+    return t, l, neutral
+
+
+def evaluate_axes(model, tokenizer, transfer_items: Sequence, localization_items: Sequence, batch_size: int = 16
+                  ) -> dict[str, float | None]:
+    """Scores and margins of both axes of ``model`` now (``transfer_score``, ``transfer_margin``, ...)."""
+    t, l, _ = _measure(model, tokenizer, transfer_items, localization_items, (), batch_size)
+    return _summary(transfer_items, t, localization_items, l)
 
 
 def _gain(value, base):
     return None if value is None or base is None else value - base
 
 
-def _row(vectors: SteeringVectors, layer: int, inter, alpha: float | None, scores: dict, base: dict) -> dict:
-    """One sweep cell: the intervention's coefficient (and ``alpha`` when relative), scores and gains."""
-    return {"vector": vectors.name, "layer": int(layer), "coefficient": float(inter.coefficient),
-            "alpha": None if alpha is None else float(alpha), **scores,
-            "transfer_gain": _gain(scores["transfer_score"], base["transfer_score"]),
-            "localization_gain": _gain(scores["localization_score"], base["localization_score"]),
-            "base_transfer_score": base["transfer_score"], "base_localization_score": base["localization_score"]}
+def _row(vectors: SteeringVectors, inter, scores: dict, base: dict, kl: float | None) -> dict:
+    """One sweep cell: alpha, coefficient, scores and margins with their gains, and the KL cost."""
+    row = {"vector": vectors.name, "layer": int(inter.layer), "alpha": inter.source.get("alpha"),
+           "coefficient": float(inter.coefficient), "positions": inter.positions, **scores, "kl": kl}
+    for axis in AXES:
+        row[f"{axis}_gain"] = _gain(scores[f"{axis}_score"], base[f"{axis}_score"])
+        row[f"{axis}_margin_gain"] = _gain(scores[f"{axis}_margin"], base[f"{axis}_margin"])
+        row[f"base_{axis}_score"] = base[f"{axis}_score"]
+        row[f"base_{axis}_margin"] = base[f"{axis}_margin"]
+    return row
 
 
-def sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], coefficients: Sequence[float],
-          transfer_items: Sequence, localization_items: Sequence, relative: bool = False, positions: str = "all",
-          batch_size: int = 16, progress: bool = True) -> list[dict[str, Any]]:
-    """One row per (layer, coefficient) with both scores and their gains over the unsteered model.
+def _records(vectors, inter, transfer_items, t, localization_items, l) -> list[dict]:
+    """One record per scored item of this cell: the scored grid for :mod:`evaluate.selection`."""
+    out = []
+    for it, s in list(zip(transfer_items, t)) + list(zip(localization_items, l)):
+        m = item_margin(it, s)
+        if m is not None:
+            out.append({"vector": vectors.name, "layer": int(inter.layer), "alpha": inter.source.get("alpha"),
+                        "item_id": it.id, "group": it.group or it.id, "axis": m[0], "margin": m[1],
+                        "correct": m[2]})
+    return out
 
-    ``relative=True`` reads each coefficient as ``alpha`` (``alpha * residual_norm / ||v||``).
-    """
+
+def _check(layers, alphas, transfer_items, localization_items, neutral_texts):
+    if not layers or not alphas:
+        raise ValueError("sweep: expected at least one layer and one alpha")
+    for a in alphas:
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            raise ValueError(f"alphas: expected finite numbers (multiples of the mean difference), got {a!r}")
+    if not transfer_items and not localization_items:
+        raise ValueError("sweep: expected transfer_items or localization_items")
+    if isinstance(neutral_texts, str):
+        raise ValueError("neutral_texts: expected a sequence of strings, got one string")
+
+
+def _run(model, tokenizer, vectors, layers, transfer_items, localization_items, alphas, neutral_texts, positions,
+         batch_size, progress, per_item, cached):
     from interventions.config import InterventionConfig
     from interventions.steer import steer
 
-    if not layers or not coefficients:
-        raise ValueError("sweep: expected at least one layer and one coefficient")
-    if not transfer_items and not localization_items:
-        raise ValueError("sweep: expected transfer_items or localization_items")
-    base = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-    rows = []
-    grid = [(l, c) for l in layers for c in coefficients]
-    for layer, coef in tqdm(grid, desc=f"sweep {vectors.name}", disable=not progress, unit="cell"):
-        kw = {"alpha": coef} if relative else {"coefficient": coef}
-        inter = vectors.intervention(layer, positions=positions, **kw)
-        with steer(model, InterventionConfig.for_model(model, [inter])):
-            scores = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-        rows.append(_row(vectors, layer, inter, coef if relative else None, scores, base))
-    return rows
+    _check(layers, alphas, transfer_items, localization_items, neutral_texts)
+    neutral_texts = list(neutral_texts)
+    measure = (model, tokenizer, transfer_items, localization_items, neutral_texts, batch_size)
+    prefix = PrefixCache(model, layers) if cached else None
+    if cached:
+        with prefix.record():  # the unsteered pass: the baseline and the prefix cache of every grid layer at once
+            base = _measure(*measure)
+    else:
+        base = _measure(*measure)
+    base_summary = _summary(transfer_items, base[0], localization_items, base[1])
+    rows, records, done = [], [], {}
+    grid = [(l, a) for l in layers for a in alphas]
+    desc = f"{'cached ' if cached else ''}sweep {vectors.name}"
+    for layer, alpha in tqdm(grid, desc=desc, disable=not progress, unit="cell"):
+        inter = vectors.intervention(layer, alpha=alpha, positions=positions)
+        key = (int(layer), float(inter.coefficient))
+        if cached and inter.coefficient == 0.0 and bool(inter.vector.isfinite().all()):
+            done[key] = base  # adding 0 * v leaves every activation bit for bit as it is: the baseline's pass
+        if key not in done or not cached:  # cached: a repeated cell is the same computation, scored once
+            with steer(model, InterventionConfig.for_model(model, [inter])):
+                if cached:
+                    with prefix.replay(int(layer)):
+                        done[key] = _measure(*measure)
+                else:
+                    done[key] = _measure(*measure)
+        t, l, neutral = done[key]
+        kl = kl_divergence(neutral, base[2]) if neutral is not None else None
+        rows.append(_row(vectors, inter, _summary(transfer_items, t, localization_items, l), base_summary, kl))
+        if per_item:
+            records += _records(vectors, inter, transfer_items, t, localization_items, l)
+    return (rows, records) if per_item else rows
 
 
-RULES = {
-    "en": ("transfer_gain", "localization_gain"),
-    "loc": ("localization_gain", "transfer_gain"),
-}
+def sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], transfer_items: Sequence,
+          localization_items: Sequence, alphas: Sequence[float] = ALPHAS, neutral_texts: Sequence[str] = (),
+          positions: str | None = None, batch_size: int = 16, progress: bool = True, per_item: bool = False):
+    """One row per (layer, alpha), every cell with a full forward (the reference for :func:`cached_sweep`).
+
+    ``alphas`` are multiples of the estimated mean difference (alpha = 0 is the unsteered model);
+    ``positions`` defaults to the vectors' own. ``neutral_texts`` (loaded by the caller, e.g. FLORES devtest in
+    the target language) give each row's ``kl``. Returns the rows, or ``(rows, records)`` with ``per_item=True``
+    (records: ``vector, layer, alpha, item_id, group, axis, margin, correct`` per cell and item).
+    """
+    return _run(model, tokenizer, vectors, layers, transfer_items, localization_items, alphas, neutral_texts,
+                positions, batch_size, progress, per_item, cached=False)
 
 
-def select(rows: Sequence[dict], rule: str, tolerance: float = 0.01) -> dict | None:
-    """The row maximising the rule's gain with the other axis' loss <= ``tolerance`` (None if none qualifies).
+def cached_sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], transfer_items: Sequence,
+                 localization_items: Sequence, alphas: Sequence[float] = ALPHAS, neutral_texts: Sequence[str] = (),
+                 positions: str | None = None, batch_size: int = 16, progress: bool = True, per_item: bool = False):
+    """:func:`sweep`'s rows (and records), with ONE unsteered pass for the whole grid (also the baseline).
 
-    ``rule="en"``: maximise ``transfer_gain`` s.t. ``localization_gain >= -tolerance``; ``rule="loc"`` the
-    reverse. Ties go to the smaller |coefficient|, then the earlier layer. A missing axis does not constrain.
+    That pass records every grid layer's output and the KV-cache updates of layers <= max(layers)
+    (:class:`~interventions.prefix_cache.PrefixCache`; memory grows with the item and neutral-text count);
+    each (layer, alpha) cell then runs only the layers above its layer. alpha = 0 is the baseline itself
+    (``h + 0 * v == h`` bit for bit) and a repeated cell is scored once.
+    """
+    return _run(model, tokenizer, vectors, layers, transfer_items, localization_items, alphas, neutral_texts,
+                positions, batch_size, progress, per_item, cached=True)
+
+
+# --------------------------------------------------------------------------- selection
+
+def choose(cells: Sequence[dict], gain: str, other: str, tolerance: float = 0.0, max_kl: float | None = None,
+           seed: int = 0) -> dict:
+    """The cell maximising ``cell[gain]`` with ``cell[other] >= -tolerance`` and ``cell["kl"] <= max_kl``.
+
+    The unsteered model (alpha = 0, gain 0) is always a candidate and wins unless some qualifying cell has a
+    strictly positive gain: a vector is never applied where it lost. Ties: the smaller |alpha|, then the
+    smaller ``kl``, then a draw seeded by ``seed`` (never by layer). Cells with alpha = 0 are the unsteered
+    model whatever their layer. A missing ``other`` does not constrain. Returns a copy of the chosen cell with
+    ``steered=True``, or ``{"layer": None, "alpha": 0.0, "coefficient": 0.0, gain: 0.0, other: 0.0, "kl": 0.0,
+    "steered": False}``.
+    """
+    import numpy as np
+
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance: expected a number >= 0, got {tolerance!r}")
+    if max_kl is not None and (isinstance(max_kl, bool) or not isinstance(max_kl, (int, float)) or not max_kl >= 0):
+        raise ValueError(f"max_kl: expected a number >= 0 or None, got {max_kl!r}")
+    ok = []
+    for c in cells:
+        if c["alpha"] == 0 or c.get(gain) is None or (c.get(other) is not None and c[other] < -tolerance):
+            continue
+        if max_kl is not None:
+            if c.get("kl") is None:
+                raise ValueError(f"max_kl: cell (layer {c['layer']}, alpha {c['alpha']}) has no kl; sweep with "
+                                 "neutral_texts to bound selection by KL")
+            if c["kl"] > max_kl:
+                continue
+        ok.append(c)
+    best = max((c[gain] for c in ok), default=0.0)
+    if best <= 0:
+        return {"layer": None, "alpha": 0.0, "coefficient": 0.0, gain: 0.0, other: 0.0, "kl": 0.0, "steered": False}
+    tied = [c for c in ok if c[gain] == best]
+    smallest = min(abs(c["alpha"]) for c in tied)
+    tied = [c for c in tied if abs(c["alpha"]) == smallest]
+    if all(c.get("kl") is not None for c in tied):
+        least = min(c["kl"] for c in tied)
+        tied = [c for c in tied if c["kl"] == least]
+    tied.sort(key=lambda c: (c["layer"], c["alpha"]))
+    pick = tied[int(np.random.default_rng(seed).integers(len(tied)))] if len(tied) > 1 else tied[0]
+    return dict(pick, steered=True)
+
+
+def select(rows: Sequence[dict], rule: str, tolerance: float = 0.0, max_kl: float | None = None, seed: int = 0,
+           measure: str = "margin") -> dict:
+    """:func:`choose` on sweep rows: ``rule="en"`` maximises the transfer gain subject to the localization
+    loss <= ``tolerance``, ``rule="loc"`` the reverse; ``measure="margin"`` (mean log-prob margins, nats) or
+    ``"score"`` (accuracies). Selection on the data it is scored on: for held-out choices use
+    :func:`evaluate.selection.cross_validate`.
     """
     if rule not in RULES:
         raise ValueError(f"rule: expected one of {sorted(RULES)}, got {rule!r}")
-    gain, other = RULES[rule]
-    ok = [r for r in rows if r.get(gain) is not None and (r.get(other) is None or r[other] >= -tolerance)]
-    if not ok:
-        return None
-    return max(ok, key=lambda r: (r[gain], -abs(r["coefficient"]), -r["layer"]))
+    if measure not in MEASURES:
+        raise ValueError(f"measure: expected one of {sorted(MEASURES)}, got {measure!r}")
+    own, other = (f"{axis}{MEASURES[measure]}" for axis in RULES[rule])
+    chosen = choose(rows, own, other, tolerance, max_kl, seed)
+    if not chosen["steered"] and rows:
+        chosen["vector"] = rows[0].get("vector")
+    return chosen
 
 
 def surgical_config(model, en: SteeringVectors, en_row: dict, loc: SteeringVectors, loc_row: dict,
-                    provenance: dict | None = None, positions: str = "all"):
-    """Both selected interventions at once, with the selection recorded in each ``source``."""
+                    provenance: dict | None = None, positions: str | None = None):
+    """Both selected interventions at once, with the selection recorded in each ``source``.
+
+    A row chosen as unsteered (``steered`` False, alpha 0) adds no intervention.
+    """
     from interventions.config import InterventionConfig
 
     inters = []
     for vec, row, rule in ((en, en_row, "en"), (loc, loc_row, "loc")):
+        if row.get("steered") is False or row.get("layer") is None:
+            continue
         inter = vec.intervention(row["layer"], coefficient=row["coefficient"], positions=positions)
         inter.source.update({"selection_rule": rule, "selected_on": "extract",
-                             "selection_scores": {k: row.get(k) for k in ("transfer_score", "localization_score",
-                                                                           "transfer_gain", "localization_gain")},
+                             "selection_scores": {k: v for k, v in row.items() if k.endswith(("_gain", "_score",
+                                                                                               "_margin")) or k == "kl"},
                              **(provenance or {})})
         inters.append(inter)
     return InterventionConfig.for_model(model, inters)
@@ -131,157 +329,3 @@ def save_sweep(rows: Sequence[dict], path: str | Path) -> Path:
     path.write_text(json.dumps(list(rows), indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
     write_csv(list(rows), path.with_suffix(".csv"))
     return path
-
-
-# --------------------------------------------------------------------------- prefix-cached sweep
-
-class _PrefixCache:
-    """Record once, then replay, what decoder layers 0..l produce, for every grid layer l at once.
-
-    Steering ``block_output`` at ``l`` leaves layers <= ``l`` unchanged, and the scorer makes the same
-    sequence of decoder calls for every cell. So ONE unsteered pass records, per decoder call, the output of
-    every grid layer and every KV-cache update of layers <= max(grid). Replaying layer ``l`` replaces the
-    forward of layers 0..l: the recorded cache updates are re-applied (the cache object ends up exactly as
-    in a full forward), hidden states are passed through, and layer ``l`` returns its recorded output, on
-    which the steering hook still fires; only layers > ``l`` run.
-
-    Memory: what is recorded lives until the sweep ends: per decoder call, ``len(grid)`` hidden-state
-    tensors ``[batch, tokens, hidden]`` and ``max(grid) + 1`` key/value pairs ``[batch, kv_heads, tokens,
-    head_dim]``, linear in the items' prompt and answer tokens. Measured on gemma-3-270m (float32, ko,
-    layers {9, 12, 15}): 38 MiB for 8 fact_probe + 8 locale_probe extract items, 133 MiB for 32 + 21.
-    Meant for the small ``extract`` item sets of a sweep, not for whole benchmarks. The keys/values are
-    kept (not only their shapes) although no replayed layer reads them: a model whose later layers
-    share an earlier layer's cache would read them.
-    """
-
-    def __init__(self, model, layers: Sequence[int]):
-        from interventions.components import decoder_layers, decoder_stack
-
-        self.modules = decoder_layers(model)
-        self.stack = decoder_stack(model)
-        self.grid = sorted({int(l) for l in layers})
-        if self.grid[0] < 0 or self.grid[-1] >= len(self.modules):
-            raise ValueError(f"layers: expected layers in 0..{len(self.modules) - 1}, got {list(layers)}")
-        self.top = self.grid[-1]
-        self.outputs: dict[int, list] = {l: [] for l in self.grid}
-        self.updates: list[dict[int, list]] = []  # per call: layer -> [(key, value, args, kwargs), ...]
-        self.shapes: list[tuple] = []  # per call: the input ids' shape, to refuse a replay of other inputs
-        self.call = -1
-
-    @staticmethod
-    def _shape(args, kwargs) -> tuple:
-        x = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
-        x = args[0] if x is None and args else x
-        return tuple(x.shape) if hasattr(x, "shape") else ()
-
-    def _count(self, module, args, kwargs):
-        self.call += 1
-        if self.call >= len(self.updates) or self._shape(args, kwargs) != self.shapes[self.call]:
-            raise RuntimeError("sweep: this decoder call does not match the recorded pass (more calls or other "
-                               "shapes); the replayed scoring must use the same items and batch size")
-
-    def record(self):
-        from transformers import cache_utils
-
-        outer = self
-        original = cache_utils.Cache.update
-
-        def update(cache, key_states, value_states, layer_idx, *args, **kwargs):
-            if layer_idx <= outer.top:
-                outer.updates[outer.call].setdefault(layer_idx, []).append((key_states, value_states, args, kwargs))
-            return original(cache, key_states, value_states, layer_idx, *args, **kwargs)
-
-        def pre(module, args, kwargs):
-            self.call += 1
-            self.updates.append({})
-            self.shapes.append(self._shape(args, kwargs))
-
-        def post(layer):
-            def hook(module, args, output):
-                self.outputs[layer].append(output)
-            return hook
-
-        handles = [self.stack.register_forward_pre_hook(pre, with_kwargs=True)]
-        handles += [self.modules[l].register_forward_hook(post(l)) for l in self.grid]
-        return _Patched(handles, [(cache_utils.Cache, "update", update, original)], self)
-
-    def replay(self, layer: int):
-        """Inside the block, layers 0..``layer`` (a grid layer) are replayed from the record."""
-        if layer not in self.outputs:
-            raise ValueError(f"layer: {layer} was not recorded; expected one of {self.grid}")
-        outer = self
-
-        def make(j):
-            def forward(hidden_states, *args, **kwargs):
-                cache = kwargs.get("cache", kwargs.get("past_key_values"))
-                for k, v, a, kw in outer.updates[outer.call].get(j, []):
-                    if cache is None:
-                        raise RuntimeError("sweep: the recorded pass used a KV cache but this call has none")
-                    cache.update(k.clone(), v.clone(), j, *a, **kw)
-                return _clone(outer.outputs[layer][outer.call]) if j == layer else hidden_states
-            return forward
-
-        patches = [(self.modules[j], "forward", make(j), None) for j in range(layer + 1)]
-        return _Patched([self.stack.register_forward_pre_hook(self._count, with_kwargs=True)], patches, self)
-
-
-def _clone(output):
-    if isinstance(output, tuple):
-        return tuple(o.clone() if hasattr(o, "clone") else o for o in output)
-    return output.clone()
-
-
-class _Patched:
-    def __init__(self, handles, patches, owner):
-        self.handles, self.patches, self.owner = handles, patches, owner
-
-    def __enter__(self):
-        self.owner.call = -1
-        for obj, name, new, _ in self.patches:
-            setattr(obj, name, new)
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        for obj, name, _, original in self.patches:
-            if original is None:
-                delattr(obj, name)  # back to the class's forward
-            else:
-                setattr(obj, name, original)
-
-
-def cached_sweep(model, tokenizer, vectors: SteeringVectors, layers: Sequence[int], coefficients: Sequence[float],
-                 transfer_items: Sequence, localization_items: Sequence, relative: bool = False,
-                 positions: str = "all", batch_size: int = 16, progress: bool = True) -> list[dict[str, Any]]:
-    """:func:`sweep`'s rows, with ONE unsteered pass for the whole grid (it is also the baseline).
-
-    That pass records every grid layer's output and the KV-cache updates of layers <= max(layers)
-    (:class:`_PrefixCache`; memory grows with the item count, fine for ``extract`` sets); each
-    (layer, coefficient) cell then runs only the layers above its layer. Cells that are the same
-    computation as one already done are not recomputed: coefficient 0 is the baseline (``h + 0 * v == h``
-    bit for bit), and a repeated (layer, coefficient) is scored once.
-    """
-    from interventions.config import InterventionConfig
-    from interventions.steer import steer
-
-    if not layers or not coefficients:
-        raise ValueError("sweep: expected at least one layer and one coefficient")
-    if not transfer_items and not localization_items:
-        raise ValueError("sweep: expected transfer_items or localization_items")
-    prefix = _PrefixCache(model, layers)
-    with prefix.record():  # the unsteered pass: the baseline and the prefix cache of every grid layer at once
-        base = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-    rows, done = [], {}
-    grid = [(l, c) for l in layers for c in coefficients]
-    for layer, coef in tqdm(grid, desc=f"cached sweep {vectors.name}", disable=not progress, unit="cell"):
-        kw = {"alpha": coef} if relative else {"coefficient": coef}
-        inter = vectors.intervention(layer, positions=positions, **kw)
-        key = (int(layer), float(inter.coefficient))
-        if inter.coefficient == 0.0 and bool(inter.vector.isfinite().all()):
-            done[key] = base  # adding 0 * v leaves every activation bit for bit as it is: the baseline's pass
-        if key not in done:  # a repeated cell is the same computation: scored once
-            with steer(model, InterventionConfig.for_model(model, [inter])), prefix.replay(int(layer)):
-                done[key] = evaluate_axes(model, tokenizer, transfer_items, localization_items, batch_size)
-        rows.append(_row(vectors, layer, inter, coef if relative else None, dict(done[key]), base))
-    return rows

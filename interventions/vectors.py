@@ -1,262 +1,50 @@
-"""Steering vectors: one-pass activation collection and the estimators built on it.
+"""Steering vectors: the estimators, the EN / LOC builders, and interventions in the vector's own units.
 
-Layers are the outputs of the decoder layers (``block_output``: the residual stream after layer
-``l``, ``l = 0 .. L-1``), read with forward hooks on the decoder-layer modules, never from
-``output_hidden_states`` (transformers applies the final norm to its last entry for many models).
-
-Collection runs the decoder stack only (no LM head: the logits of a 262k vocabulary cost more than
-the whole stack of a small model), one forward pass per batch for every layer at once. Each
-example is reduced inside the hook, either at its ``last`` real token or as a padding-aware
-``mean`` over its tokens (special tokens such as ``<bos>`` excluded: the first token's residual
-norm is orders of magnitude larger than the others' and would dominate the mean). Only running
-sums are kept, so memory is O(layers x hidden) (O(layers x hidden^2) for paired PCA), whatever n.
+Activations are collected by :mod:`interventions.activations` (re-exported here): the residual stream
+after every decoder layer (``block_output``), one forward of the decoder stack per batch.
 
 Definitions (used in configs' ``source`` and in the README):
 
 * ``mean_difference[l] = mean_i h_l(positive_i) - mean_j h_l(negative_j)``.
 * ``pca[l]``: first principal component of the paired differences ``d_i = h_l(pos_i) - h_l(neg_i)``
   (eigenvector of their covariance, centred, with the largest eigenvalue), sign-aligned so that
-  ``pca[l] . mean_difference[l] >= 0``, scaled to the norm of ``mean_difference[l]`` so one
-  coefficient means the same step size for both estimators.
-* ``residual_norm[l]``: mean L2 norm of the residual stream at layer ``l`` over all real,
-  non-special tokens of the collection data (the vectors are added at every position).
-* relative coefficient: ``coefficient = alpha * residual_norm[l] / ||v[l]||``, so the added
-  ``coefficient * v[l]`` has norm ``alpha`` times the typical residual norm at that layer.
+  ``pca[l] . mean_difference[l] >= 0``, scaled to the norm of ``mean_difference[l]``.
+* ``alpha`` (the strength): multiples of the estimated mean difference at that layer. The added vector is
+  ``coefficient * v[l]`` with ``coefficient = alpha * alpha_scale[l]`` and
+  ``alpha_scale[l] = (mean_difference[l] . v[l]) / ||v[l]||^2``: alpha = 1 adds exactly the estimated mean
+  difference (its projection onto ``v[l]``), e.g. moves L's centroid onto English's for EN; alpha = 0 is
+  the unsteered model bit for bit. For a ``mean_difference`` vector ``alpha_scale = 1`` (coefficient ==
+  alpha). Comparable across layers, whose ``||v[l]||`` differ ~30x.
 * EN-transfer vector for language L: ``mean h_l(English FLORES dev) - mean h_l(L FLORES dev)`` on the
-  same (parallel) sentences, mean-pooled; added to L inputs it moves them toward English.
+  same (parallel) sentences, mean-pooled; applied to the prompt (``positions="prompt"``) by default.
 * LOC-cultural vector for language L: ``mean h_l(L prompt with the explicit country cue) -
-  mean h_l(the same L prompt without it)`` on the ``extract`` split of the localization tasks,
-  at the last prompt token; added to cue-less prompts it moves them toward L's culture.
+  mean h_l(the same L prompt without it)`` on the ``extract`` split of the localization tasks, at the
+  last prompt token; applied at the last prompt token (``positions="last"``), where it was estimated.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from interventions.components import decoder_layers, decoder_stack, hidden_size
+from interventions.activations import (  # noqa: F401  (re-exported: the collection API lives there)
+    REDUCTIONS,
+    ActivationStats,
+    PairedStats,
+    collect_activations,
+    collect_paired,
+    iter_reduced,
+    sentence_representations,
+    tokenize,
+)
+from interventions.components import decoder_layers, decoder_stack, hidden_size  # noqa: F401
 
-REDUCTIONS = ("last", "mean")
-
-
-# --------------------------------------------------------------------------- model plumbing
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-class _StopForward(Exception):
-    pass
-
-
-def tokenize(tokenizer, texts: Sequence[str], device=None, exclude_special: bool = True,
-             max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Pad a batch; also return ``token_mask`` (real tokens, special ones excluded by default) for pooling and
-    ``position_ids`` from the attention mask, as generate() does (a left-padded row then equals the unpadded one)."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts: expected a sequence of strings")
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=max_length is not None,
-                    max_length=max_length, return_special_tokens_mask=True)
-    attention = enc["attention_mask"].bool()
-    token_mask = attention & ~enc["special_tokens_mask"].bool() if exclude_special else attention.clone()
-    empty = token_mask.sum(1) == 0  # a text of special tokens only: pool over what is there
-    token_mask[empty] = attention[empty]
-    position_ids = (enc["attention_mask"].long().cumsum(1) - 1).clamp(min=0)
-    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_mask": token_mask,
-           "position_ids": position_ids}
-    return {k: v.to(device) for k, v in out.items()} if device is not None else out
-
-
-def _forward_reduced(model, batch, reduce: str, layers: Sequence[int]):
-    """One forward of the decoder stack; returns reduced [n_layers, B, H] and per-layer token-norm sums."""
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
-    modules = decoder_layers(model)
-    wanted = {l: i for i, l in enumerate(layers)}
-    last_needed = max(layers)
-    attn = batch["attention_mask"]
-    mask = batch["token_mask"]
-    n_tok = mask.sum(1, keepdim=True).clamp(min=1)
-    positions = torch.arange(attn.shape[1], device=attn.device)
-    last_idx = torch.where(attn.bool(), positions, -1).max(1).values
-    reduced: list[torch.Tensor | None] = [None] * len(layers)
-    norm_sum = torch.zeros(len(layers), dtype=torch.float64)
-    norm_sq = torch.zeros(len(layers), dtype=torch.float64)
-
-    def make_hook(layer):
-        def hook(module, args, output):
-            h = output[0] if isinstance(output, (tuple, list)) else output
-            h = h.float()
-            if reduce == "last":
-                r = h[torch.arange(h.shape[0], device=h.device), last_idx]
-            else:  # where() rather than a product: padded rows may hold NaN/inf in some kernels
-                r = torch.where(mask[..., None], h, 0.0).sum(1) / n_tok
-            i = wanted[layer]
-            reduced[i] = r.detach().cpu()
-            norms = torch.where(mask, h.norm(dim=-1), 0.0)
-            norm_sum[i] = norms.sum().double().cpu()
-            norm_sq[i] = norms.pow(2).sum().double().cpu()
-            if layer == last_needed:
-                raise _StopForward
-        return hook
-
-    handles = [modules[l].register_forward_hook(make_hook(l)) for l in layers]
-    try:
-        with torch.no_grad():
-            decoder_stack(model)(input_ids=batch["input_ids"], attention_mask=attn,
-                                 position_ids=batch["position_ids"], use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack(reduced), norm_sum, norm_sq, int(mask.sum())
-
-
-def _resolve_layers(model, layers) -> list[int]:
-    n = len(decoder_layers(model))
-    if layers is None:
-        return list(range(n))
-    layers = [int(l) for l in layers]
-    bad = [l for l in layers if not 0 <= l < n]
-    if bad or not layers:
-        raise ValueError(f"layers: expected indices in 0..{n - 1}, got {layers}")
-    return layers
-
-
-def iter_reduced(model, tokenizer, texts: Sequence[str], reduce: str = "mean", batch_size: int = 16,
-                 layers: Sequence[int] | None = None, progress: bool = True, desc: str = "collect",
-                 exclude_special: bool = True, max_length: int | None = None
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
-    """Yield ``(reduced [n_layers, B, H], token_norm_sum [n_layers], token_norm_sq [n_layers], n_tokens)``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-    layers = _resolve_layers(model, layers)
-    device = _device(model)
-    starts = range(0, len(texts), batch_size)
-    for s in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        batch = tokenize(tokenizer, texts[s:s + batch_size], device, exclude_special, max_length)
-        yield _forward_reduced(model, batch, reduce, layers)
-
-
-# --------------------------------------------------------------------------- running statistics
-
-@dataclass
-class ActivationStats:
-    """Per-layer running sums of reduced activations (float64) plus token-level residual norms."""
-
-    layers: list[int]
-    reduce: str
-    sum: torch.Tensor                 # [n_layers, H]
-    count: int = 0                    # examples
-    norm_sum: torch.Tensor = None     # [n_layers] sum of ||reduced example||
-    norm_sq_sum: torch.Tensor = None  # [n_layers]
-    token_norm_sum: torch.Tensor = None  # [n_layers] sum over real tokens of ||h||
-    token_norm_sq_sum: torch.Tensor = None
-    token_count: int = 0
-
-    @classmethod
-    def empty(cls, layers, hidden: int, reduce: str) -> "ActivationStats":
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
-        return cls(list(layers), reduce, z(len(layers), hidden), 0, z(len(layers)), z(len(layers)),
-                   z(len(layers)), z(len(layers)), 0)
-
-    def update(self, reduced: torch.Tensor, tok_norm: torch.Tensor, tok_norm_sq: torch.Tensor, n_tok: int):
-        r = reduced.double()
-        self.sum += r.sum(1)
-        self.count += r.shape[1]
-        norms = r.norm(dim=-1)
-        self.norm_sum += norms.sum(1)
-        self.norm_sq_sum += norms.pow(2).sum(1)
-        self.token_norm_sum += tok_norm
-        self.token_norm_sq_sum += tok_norm_sq
-        self.token_count += n_tok
-
-    @property
-    def mean(self) -> torch.Tensor:
-        if self.count == 0:
-            raise ValueError("ActivationStats: no examples were collected")
-        return (self.sum / self.count).float()
-
-    @property
-    def residual_norms(self) -> torch.Tensor:
-        """Mean L2 norm of the residual stream per layer over real tokens: the scale for coefficients."""
-        return (self.token_norm_sum / max(self.token_count, 1)).float()
-
-    @property
-    def example_norms(self) -> torch.Tensor:
-        """Mean L2 norm of the reduced (pooled / last-token) example vectors per layer."""
-        return (self.norm_sum / max(self.count, 1)).float()
-
-
-@dataclass
-class PairedStats:
-    """Running sums of paired differences ``d = h(pos) - h(neg)`` per layer, for :func:`pca`."""
-
-    positive: ActivationStats
-    negative: ActivationStats
-    diff_sum: torch.Tensor    # [n_layers, H]
-    diff_outer: torch.Tensor  # [n_layers, H, H] sum of d d^T
-    count: int = 0
-
-    @property
-    def layers(self) -> list[int]:
-        return self.positive.layers
-
-
-def collect_activations(model, tokenizer, texts: Sequence[str], reduce: str = "last", batch_size: int = 16,
-                        progress: bool = True, layers: Sequence[int] | None = None) -> ActivationStats:
-    """Running per-layer sums of every example's reduced ``block_output`` (one forward per batch)."""
-    if len(texts) == 0:
-        raise ValueError("texts: expected at least one text")
-    layers = _resolve_layers(model, layers)
-    stats = ActivationStats.empty(layers, hidden_size(model), reduce)
-    for out in iter_reduced(model, tokenizer, texts, reduce, batch_size, layers, progress):
-        stats.update(*out)
-    return stats
-
-
-def collect_paired(model, tokenizer, positive_texts: Sequence[str], negative_texts: Sequence[str],
-                   reduce: str = "last", batch_size: int = 16, progress: bool = True,
-                   layers: Sequence[int] | None = None) -> PairedStats:
-    """Like :func:`collect_activations` on pairs; also accumulates sum(d) and sum(d d^T) per layer."""
-    if len(positive_texts) != len(negative_texts) or not positive_texts:
-        raise ValueError(f"positive_texts/negative_texts: expected two non-empty lists of equal length, got "
-                         f"{len(positive_texts)} and {len(negative_texts)}")
-    layers = _resolve_layers(model, layers)
-    hidden = hidden_size(model)
-    pos = ActivationStats.empty(layers, hidden, reduce)
-    neg = ActivationStats.empty(layers, hidden, reduce)
-    diff_sum = torch.zeros(len(layers), hidden, dtype=torch.float64)
-    diff_outer = torch.zeros(len(layers), hidden, hidden, dtype=torch.float64)
-    pos_iter = iter_reduced(model, tokenizer, positive_texts, reduce, batch_size, layers, progress, "pairs")
-    neg_iter = iter_reduced(model, tokenizer, negative_texts, reduce, batch_size, layers, False)
-    for p, n in zip(pos_iter, neg_iter):
-        pos.update(*p)
-        neg.update(*n)
-        d = (p[0] - n[0]).double()  # [n_layers, B, H]
-        diff_sum += d.sum(1)
-        diff_outer += torch.einsum("lbi,lbj->lij", d, d)
-    return PairedStats(pos, neg, diff_sum, diff_outer, pos.count)
-
-
-def sentence_representations(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | None = None,
-                             pooling: str = "mean", batch_size: int = 16, progress: bool = True,
-                             exclude_special: bool = True, max_length: int | None = None) -> torch.Tensor:
-    """Per-example pooled ``block_output`` vectors: ``Tensor[n_layers, n, hidden]`` (float32, CPU).
-
-    ``exclude_special=False`` pools over every non-padding token (``<bos>`` included); ``max_length``
-    truncates each text to that many tokens.
-    """
-    if len(texts) == 0:
-        raise ValueError("texts: expected at least one text")
-    parts = [r for r, *_ in iter_reduced(model, tokenizer, texts, pooling, batch_size, layers, progress, "represent",
-                                         exclude_special, max_length)]
-    return torch.cat(parts, dim=1)
-
+ALPHA_DEFINITION = ("alpha = multiples of the estimated mean difference at this layer: coefficient = alpha * "
+                    "alpha_scale, alpha_scale = (mean_difference . v) / ||v||^2; alpha = 1 adds the estimated "
+                    "mean difference (its projection onto v), alpha = 0 leaves the model unsteered")
 
 # --------------------------------------------------------------------------- estimators
 
@@ -289,64 +77,111 @@ def pca(paired: PairedStats, scale: str = "mean_difference") -> torch.Tensor:
     return top.float()
 
 
-def relative_coefficient(vector: torch.Tensor, residual_norm: float | torch.Tensor, alpha: float) -> float:
-    """``alpha * residual_norm / ||vector||``: the coefficient that adds ``alpha`` x the typical norm."""
-    norm = float(torch.as_tensor(vector).double().norm())
-    if norm == 0.0:
-        raise ValueError("vector: has zero norm; a relative coefficient is undefined")
-    return float(alpha) * float(residual_norm) / norm
+def alpha_scale(vectors: torch.Tensor, mean_differences: torch.Tensor) -> torch.Tensor:
+    """``(mean_difference[l] . v[l]) / ||v[l]||^2`` per layer: the coefficient of ``v[l]`` at ``alpha = 1``.
+
+    ``coefficient = alpha * alpha_scale[l]`` then adds ``alpha`` times the mean difference's projection onto
+    ``v[l]`` (all of it for a ``mean_difference`` vector, whose scale is 1). A zero vector gets scale 0.
+    """
+    v, m = vectors.double(), mean_differences.double()
+    if v.shape != m.shape:
+        raise ValueError(f"mean_differences: expected shape {tuple(v.shape)} (one per vector), got {tuple(m.shape)}")
+    sq = v.pow(2).sum(-1)
+    return torch.where(sq > 0, (v * m).sum(-1) / torch.where(sq > 0, sq, 1.0), 0.0).float()
 
 
 # --------------------------------------------------------------------------- EN / LOC vectors
 
 @dataclass
 class SteeringVectors:
-    """One estimated direction per layer, the layers' residual norms, and where they came from."""
+    """One estimated direction per layer, what ``alpha = 1`` means at each, and where they came from.
+
+    ``alpha_scale[l]`` is the coefficient of ``vectors[l]`` at ``alpha = 1`` (:func:`alpha_scale`); when not
+    given it is read from ``source["alpha_scale"]``, else 1 for ``source["method"] == "mean_difference"``
+    (else alpha is undefined and only absolute coefficients can be used). ``positions`` is where the
+    interventions apply by default (from ``source["positions"]``, else ``"all"``).
+    """
 
     name: str
     vectors: torch.Tensor          # [n_layers, hidden]
     layers: list[int]
-    residual_norms: torch.Tensor   # [n_layers] mean token norm of the data the vectors came from
+    residual_norms: torch.Tensor   # [n_layers] mean token norm of the data the vectors came from (descriptive)
     source: dict[str, Any] = field(default_factory=dict)
+    alpha_scale: torch.Tensor | None = None  # [n_layers]
+    positions: str | None = None
+
+    def __post_init__(self):
+        from interventions.config import POSITIONS
+
+        if self.alpha_scale is None and self.source.get("alpha_scale") is not None:
+            self.alpha_scale = torch.tensor([float(x) for x in self.source["alpha_scale"]])
+        if self.alpha_scale is None and self.source.get("method", "mean_difference") == "mean_difference":
+            self.alpha_scale = torch.ones(len(self.layers))
+        if self.alpha_scale is not None and tuple(self.alpha_scale.shape) != (len(self.layers),):
+            raise ValueError(f"{self.name}: alpha_scale: expected shape ({len(self.layers)},) (one per layer), "
+                             f"got {tuple(self.alpha_scale.shape)}")
+        if self.positions is None:
+            self.positions = self.source.get("positions", "all")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"{self.name}: positions: expected one of {list(POSITIONS)}, got {self.positions!r}")
 
     def vector(self, layer: int) -> torch.Tensor:
         if layer not in self.layers:
             raise ValueError(f"layer: expected one of {self.layers}, got {layer}")
         return self.vectors[self.layers.index(layer)]
 
-    def intervention(self, layer: int, coefficient: float | None = None, alpha: float | None = None,
-                     positions: str = "all", name: str | None = None):
-        return steering_vector(self, layer, coefficient=coefficient, alpha=alpha, positions=positions, name=name)
+    def intervention(self, layer: int, alpha: float | None = None, coefficient: float | None = None,
+                     positions: str | None = None, name: str | None = None):
+        return steering_vector(self, layer, alpha=alpha, coefficient=coefficient, positions=positions, name=name)
 
 
-def steering_vector(vectors: SteeringVectors, layer: int, coefficient: float | None = None,
-                    alpha: float | None = None, positions: str = "all", name: str | None = None):
-    """An ``AdditiveIntervention`` on ``block_output`` at ``layer``.
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
 
-    Give either ``coefficient`` (absolute) or ``alpha`` (relative: ``coefficient = alpha *
-    residual_norm[layer] / ||v[layer]||``); the source records both and the norms used.
+
+def steering_vector(vectors: SteeringVectors, layer: int, alpha: float | None = None,
+                    coefficient: float | None = None, positions: str | None = None, name: str | None = None):
+    """An ``AdditiveIntervention`` adding ``coefficient * v[layer]`` on ``block_output`` at ``layer``.
+
+    Give either ``alpha`` (multiples of the estimated mean difference: ``coefficient = alpha *
+    alpha_scale[layer]``, see the module docstring) or an absolute ``coefficient``. ``positions`` defaults to
+    the vectors' own (``"prompt"`` for EN, ``"last"`` for LOC). The ``source`` records alpha, the
+    coefficient, ``alpha_scale`` and the definition, whichever was given.
     """
     from interventions.config import AdditiveIntervention
 
     if (coefficient is None) == (alpha is None):
-        raise ValueError("steering_vector: give exactly one of coefficient= or alpha=")
+        raise ValueError("steering_vector: give exactly one of alpha= or coefficient=")
     v = vectors.vector(layer)
-    residual_norm = float(vectors.residual_norms[vectors.layers.index(layer)])
+    i = vectors.layers.index(layer)
+    scale = None if vectors.alpha_scale is None else float(vectors.alpha_scale[i])
     if alpha is not None:
-        coefficient = relative_coefficient(v, residual_norm, alpha)
-    source = dict(vectors.source, layer=int(layer), vector_norm=float(v.norm()), residual_norm=residual_norm,
-                  alpha=None if alpha is None else float(alpha),
-                  coefficient_definition="coefficient = alpha * residual_norm / vector_norm" if alpha is not None
-                  else "absolute")
+        alpha = _number(alpha, "alpha")
+        if scale is None:
+            raise ValueError(f"alpha: undefined for vectors {vectors.name!r} (method "
+                             f"{vectors.source.get('method')!r}, no alpha_scale); give coefficient= instead")
+        coefficient = alpha * scale
+    else:
+        coefficient = _number(coefficient, "coefficient")
+        alpha = coefficient / scale if scale else None
+    source = dict(vectors.source, layer=int(layer), alpha=alpha, coefficient=float(coefficient), alpha_scale=scale,
+                  alpha_definition=ALPHA_DEFINITION, vector_norm=float(v.norm()),
+                  residual_norm=float(vectors.residual_norms[i]))
     return AdditiveIntervention(name=name or vectors.name, component="block_output", layer=int(layer),
-                                vector=v.clone(), coefficient=float(coefficient), positions=positions, source=source)
+                                vector=v.clone(), coefficient=float(coefficient),
+                                positions=positions or vectors.positions, source=source)
 
 
-def _estimate(paired: PairedStats, method: str) -> torch.Tensor:
+def _estimate(paired: PairedStats, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vectors and their :func:`alpha_scale` against the paired mean difference."""
+    diff = mean_difference(paired.positive, paired.negative)
     if method == "mean_difference":
-        return mean_difference(paired.positive, paired.negative)
+        return diff, torch.ones(len(paired.layers))
     if method == "pca":
-        return pca(paired)
+        v = pca(paired)
+        return v, alpha_scale(v, diff)
     raise ValueError(f"method: expected 'mean_difference' or 'pca', got {method!r}")
 
 
@@ -355,10 +190,20 @@ def _residual_norms(paired: PairedStats) -> torch.Tensor:
     return (both / max(paired.positive.token_count + paired.negative.token_count, 1)).float()
 
 
+def _steering_vectors(name: str, paired: PairedStats, method: str, positions: str, source: dict) -> SteeringVectors:
+    vecs, scale = _estimate(paired, method)
+    source = dict(source, method=method, n_prompts=paired.count, component="block_output", positions=positions,
+                  alpha_scale=[float(x) for x in scale], alpha_definition=ALPHA_DEFINITION)
+    return SteeringVectors(name, vecs, paired.layers, _residual_norms(paired), source, scale, positions)
+
+
 def en_transfer_vectors(model, tokenizer, language: str, n: int = 256, split: str = "dev", reduce: str = "mean",
-                        method: str = "mean_difference", batch_size: int = 16, progress: bool = True
-                        ) -> SteeringVectors:
-    """v_EN[l] = mean h_l(English) - mean h_l(``language``) over the first ``n`` parallel FLORES sentences."""
+                        method: str = "mean_difference", batch_size: int = 16, progress: bool = True,
+                        positions: str = "prompt") -> SteeringVectors:
+    """v_EN[l] = mean h_l(English) - mean h_l(``language``) over the first ``n`` parallel FLORES sentences.
+
+    Its interventions apply to the prompt by default (``positions="prompt"``), never to the scored answer.
+    """
     from evaluate.loaders import load_flores
 
     if language == "en":
@@ -366,12 +211,10 @@ def en_transfer_vectors(model, tokenizer, language: str, n: int = 256, split: st
     english, other = load_flores("en", split)[:n], load_flores(language, split)[:n]
     paired = collect_paired(model, tokenizer, english, other, reduce=reduce, batch_size=batch_size,
                             progress=progress)
-    source = {"method": method, "vector": "en_transfer", "positive": "en", "negative": language,
-              "data": f"flores200/{split}", "languages": ["en", language], "n_prompts": paired.count,
-              "reduce": reduce, "component": "block_output",
+    source = {"vector": "en_transfer", "positive": "en", "negative": language, "data": f"flores200/{split}",
+              "languages": ["en", language], "reduce": reduce,
               "definition": "mean h_l(en) - mean h_l(L), parallel FLORES sentences"}
-    return SteeringVectors(f"en_transfer_{language}", _estimate(paired, method), paired.layers,
-                           _residual_norms(paired), source)
+    return _steering_vectors(f"en_transfer_{language}", paired, method, positions, source)
 
 
 def _pair_key(item) -> str:
@@ -394,8 +237,12 @@ def cue_pairs(items_explicit, items_implicit) -> tuple[list[str], list[str], lis
 
 def loc_vectors(model, tokenizer, language: str, tasks: Sequence[str] = ("blend", "locale_probe"),
                 split: str = "extract", n: int | None = None, reduce: str = "last",
-                method: str = "mean_difference", batch_size: int = 16, progress: bool = True) -> SteeringVectors:
-    """v_LOC[l] = mean h_l(L prompt with explicit country cue) - mean h_l(same prompt, no cue)."""
+                method: str = "mean_difference", batch_size: int = 16, progress: bool = True,
+                positions: str = "last") -> SteeringVectors:
+    """v_LOC[l] = mean h_l(L prompt with explicit country cue) - mean h_l(same prompt, no cue).
+
+    Estimated at the last prompt token (``reduce="last"``) and applied there by default (``positions="last"``).
+    """
     from evaluate.tasks import get_task
 
     pos, neg, per_task = [], [], {}
@@ -412,9 +259,8 @@ def loc_vectors(model, tokenizer, language: str, tasks: Sequence[str] = ("blend"
         raise ValueError(f"tasks {list(tasks)}: no explicit/implicit cue pairs for language {language!r} "
                          f"in split {split!r}")
     paired = collect_paired(model, tokenizer, pos, neg, reduce=reduce, batch_size=batch_size, progress=progress)
-    source = {"method": method, "vector": "loc_cultural", "positive": f"{language}+explicit_cue",
-              "negative": f"{language}+no_cue", "data": [f"{t}/{split}" for t in tasks], "pairs_per_task": per_task,
-              "languages": [language], "n_prompts": paired.count, "reduce": reduce, "component": "block_output",
+    source = {"vector": "loc_cultural", "positive": f"{language}+explicit_cue", "negative": f"{language}+no_cue",
+              "data": [f"{t}/{split}" for t in tasks], "pairs_per_task": per_task, "languages": [language],
+              "reduce": reduce,
               "definition": "mean h_l(L prompt with explicit country cue) - mean h_l(same L prompt without cue)"}
-    return SteeringVectors(f"loc_{language}", _estimate(paired, method), paired.layers, _residual_norms(paired),
-                           source)
+    return _steering_vectors(f"loc_{language}", paired, method, positions, source)

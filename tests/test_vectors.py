@@ -147,13 +147,6 @@ def test_pca_sign_alignment_constructed():
         V.pca(V.PairedStats(stats, stats, d[:1], (d[:1].T @ d[:1])[None], 1))
 
 
-def test_relative_coefficient():
-    v = torch.tensor([3.0, 4.0])
-    assert V.relative_coefficient(v, residual_norm=100.0, alpha=0.1) == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="zero norm"):
-        V.relative_coefficient(torch.zeros(3), 1.0, 1.0)
-
-
 def test_bad_input():
     model, tok = tiny_model("llama"), char_tokenizer()
     with pytest.raises(ValueError, match="reduce"):
@@ -179,16 +172,68 @@ def test_cue_pairs_match_twins():
     assert keys == ["blend/ko/q1", "blend/ko/q2"]
 
 
-def test_steering_vector_intervention():
-    pytest.importorskip("interventions.config")
+def test_steering_vector_alpha_in_the_vectors_own_units():
+    """alpha = 1 adds exactly the mean difference (mean_difference vectors: coefficient == alpha)."""
     sv = V.SteeringVectors("en_transfer_ko", torch.ones(4, 32), [0, 1, 2, 3], torch.full((4,), 10.0),
                            {"method": "mean_difference"})
+    assert torch.equal(sv.alpha_scale, torch.ones(4)) and sv.positions == "all"
     inter = sv.intervention(2, alpha=0.5)
-    assert inter.layer == 2 and inter.component == "block_output"
-    assert inter.coefficient == pytest.approx(0.5 * 10.0 / (32 ** 0.5))
-    assert inter.source["method"] == "mean_difference" and inter.source["alpha"] == 0.5
+    assert inter.layer == 2 and inter.component == "block_output" and inter.coefficient == 0.5
+    assert inter.source["alpha"] == 0.5 and inter.source["coefficient"] == 0.5 and inter.source["alpha_scale"] == 1.0
+    assert "mean difference" in inter.source["alpha_definition"]
+    assert sv.intervention(1, coefficient=2.0).source["alpha"] == 2.0  # an absolute coefficient is also in alpha
+    assert sv.intervention(1, alpha=0).coefficient == 0.0
     with pytest.raises(ValueError, match="exactly one"):
         sv.intervention(2)
+    with pytest.raises(ValueError, match="alpha: expected a finite number"):
+        sv.intervention(2, alpha=float("inf"))
+    unknown = V.SteeringVectors("probe", torch.ones(4, 32), [0, 1, 2, 3], torch.ones(4), {"method": "probe"})
+    with pytest.raises(ValueError, match="alpha: undefined"):
+        unknown.intervention(1, alpha=1.0)
+    assert unknown.intervention(1, coefficient=3.0).source["alpha"] is None
+    with pytest.raises(ValueError, match="positions"):
+        V.SteeringVectors("v", torch.ones(4, 32), [0, 1, 2, 3], torch.ones(4), {}, positions="first")
+
+
+@pytest.mark.parametrize("method", ["mean_difference", "pca"])
+def test_alpha_one_adds_the_mean_difference_along_the_vector(method):
+    model, tok = tiny_model("llama"), char_tokenizer()
+    paired = V.collect_paired(model, tok, TEXTS, [t.upper() + " 7" for t in TEXTS], reduce="mean", batch_size=3,
+                              progress=False)
+    sv = V._steering_vectors("v", paired, method, "prompt", {"vector": "test"})
+    diff = V.mean_difference(paired.positive, paired.negative)
+    assert sv.positions == "prompt" and sv.source["positions"] == "prompt" and sv.source["method"] == method
+    for i, layer in enumerate(sv.layers):
+        added = sv.intervention(layer, alpha=1.0).delta()
+        unit = sv.vector(layer) / sv.vector(layer).norm()
+        torch.testing.assert_close(added, (diff[i] @ unit) * unit, atol=1e-4, rtol=1e-4)  # the projection
+        if method == "mean_difference":
+            torch.testing.assert_close(added, diff[i])
+        torch.testing.assert_close(sv.intervention(layer, alpha=2.0).delta(), 2 * added)
+    # the provenance carries alpha_scale, so the vectors rebuilt from their source mean the same alpha
+    again = V.SteeringVectors("v", sv.vectors, sv.layers, sv.residual_norms, dict(sv.source))
+    assert torch.allclose(again.alpha_scale, sv.alpha_scale) and again.positions == "prompt"
+
+
+def test_alpha_scale():
+    v = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    m = torch.tensor([[3.0, 5.0], [1.0, 1.0]])
+    assert V.alpha_scale(v, m).tolist() == [1.5, 0.0]  # (m . v) / ||v||^2; zero vector -> 0
+    with pytest.raises(ValueError, match="mean_differences"):
+        V.alpha_scale(v, m[:1])
+
+
+def test_builders_apply_en_to_the_prompt_and_loc_at_the_last_token():
+    import inspect
+
+    assert inspect.signature(V.en_transfer_vectors).parameters["positions"].default == "prompt"
+    assert inspect.signature(V.loc_vectors).parameters["positions"].default == "last"
+    assert inspect.signature(V.loc_vectors).parameters["reduce"].default == "last"
+    model, tok = tiny_model("llama"), char_tokenizer()
+    en = V.en_transfer_vectors(model, tok, "es", n=4, batch_size=4, progress=False)
+    assert en.positions == "prompt" and en.intervention(1, alpha=1.0).positions == "prompt"
+    assert en.intervention(1, alpha=1.0, positions="all").positions == "all"  # "all" stays available
+    assert en.source["n_prompts"] == 4 and en.source["alpha_scale"] == [1.0] * 4
 
 
 @pytest.mark.gemma
