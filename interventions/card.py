@@ -34,7 +34,9 @@ def model_card(config: "InterventionConfig", pyvene_layout: bool = False, extra:
     pyvene_note = (
         "This directory also holds pyvene's own layout (`config.json`, `intkey_*.bin`): "
         "`pyvene.IntervenableModel.load(dir, model)` after `interventions.pyvene_compat.register(model)` "
-        "(pyvene 0.1.8 maps components only for the model classes it knows)."
+        "(pyvene 0.1.8 maps components only for the model classes it knows). pyvene's loader imports the "
+        "modules named in `config.json` (and `torch.load`s trainable interventions), so use it only on "
+        "directories you trust; `InterventionConfig.from_pretrained` reads only JSON and safetensors."
         if pyvene_layout else "")
     body = f"""
 # Intervention config for `{base}`

@@ -62,6 +62,7 @@ def test_save_writes_sorted_json_safetensors_card_and_pyvene_layout(saved):
                                                         "experts_ko.values"}
     card = (path / "README.md").read_text()
     assert "en_transfer" in card and "block_output" in card and "from_pretrained" in card
+    assert "directories you trust" in card
     assert card.startswith("---\n") and "library_name: surgical-steering" in card
 
 
