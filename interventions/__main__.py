@@ -1,4 +1,5 @@
-"""``python -m interventions validate DIR_OR_REPO [--model NAME]`` / ``info DIR_OR_REPO``.
+"""``python -m interventions validate DIR_OR_REPO [--model NAME]`` / ``info DIR_OR_REPO`` /
+``export-llamacpp DIR --out OUT.gguf [--adapter ADAPTER_DIR]`` (see :mod:`interventions.llamacpp`).
 
 Exit code 0 when the intervention directory is valid (for the model, when given), 2 with one
 message naming the field otherwise. Names from the directory are printed with control characters
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("path", help="intervention directory or Hub repo id")
         p.add_argument("--model", default=None, help="validate against this model (name, Hub id or path)")
         p.add_argument("--revision", default=None)
+    from .llamacpp import add_parser as add_export_llamacpp
+
+    add_export_llamacpp(sub)
     args = parser.parse_args(argv)
+    if args.command == "export-llamacpp":
+        return args.run(args)
     model = None
     try:
         if args.model:
