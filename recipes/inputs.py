@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import unicodedata
 from pathlib import Path
 
 from .schema import Recipe, RecipeError, describe, printable
@@ -141,7 +142,7 @@ def check_offline(recipe: Recipe) -> None:
 def check_out_dir(run_dir: Path) -> None:
     """``--out`` must be, or be creatable as, a writable directory (no file on its path)."""
     text = str(run_dir)
-    if "\x00" in text or any(ord(c) < 32 for c in text):
+    if any(unicodedata.category(c)[0] == "C" for c in text):
         raise RecipeError("--out", f"expected a directory path without control characters, got {describe(text)}")
     if run_dir.exists():
         if not run_dir.is_dir():

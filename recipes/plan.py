@@ -191,21 +191,24 @@ def library_version() -> str:
         return "unknown"
 
 
+def tree_digest(root: Path) -> str:
+    """sha256 over a directory tree: every file's relative path and contents, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 @functools.lru_cache(maxsize=1)
 def bundled_data_digest() -> str:
-    """sha256 over the bundled data tree (``evaluate/data/**``: relative paths and contents), once per process."""
+    """:func:`tree_digest` of the bundled data (``evaluate/data``), computed once per process."""
     spec = importlib.util.find_spec("evaluate")
     locations = list(spec.submodule_search_locations or []) if spec else []
-    digest = hashlib.sha256()
-    for location in locations:
-        root = Path(location) / "data"
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            digest.update(b"\0")
-    return digest.hexdigest()
+    return tree_digest(Path(locations[0]) / "data") if locations else "none"
 
 
 def is_complete(directory: Path, expected_hash: str) -> bool:

@@ -24,7 +24,7 @@ import yaml
 from .inputs import check_environment
 from .plan import Plan, RunLock, StageWriter, atomic_write_text, clean_stale, is_complete, make_plan
 from .schema import STAGES, RecipeError
-from .validate import load_recipe, model_shape
+from .validate import find_recipe, load_recipe, model_shape
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "pyvene", "accelerate", "huggingface_hub", "datasets")
 
@@ -56,9 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 def prepare(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]:
     """Parse arguments, load + validate the recipe and make the plan (writes nothing)."""
     args = build_parser().parse_args(argv)
-    recipe = load_recipe(args.recipe, args.overrides)
+    path = find_recipe(args.recipe)
+    recipe = load_recipe(path, args.overrides)
     run_dir = Path(os.path.expanduser(args.out)) if args.out else Path("runs") / recipe.name
-    check_environment(recipe, run_dir)
+    try:
+        check_environment(recipe, run_dir)
+    except RecipeError as err:
+        err.file = err.file or str(path)
+        raise
+    args.recipe_path = str(path)
     plan = make_plan(recipe, run_dir)
     plan.forced = set(STAGES) if "all" in args.force else set(args.force)
     refresh(plan)
@@ -137,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         execute(plan)
-    except RecipeError as err:  # checks deferred to load time (e.g. layers of an uncached Hub model)
-        err.file = err.file or args.recipe
+    except RecipeError as err:  # the run lock, checks deferred to load time (layers of an uncached Hub model)
+        err.file = err.file or args.recipe_path
         print(f"error: {err}", file=sys.stderr)
         return 2
     except StageUnavailable as err:

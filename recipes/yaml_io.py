@@ -94,7 +94,7 @@ def parse_yaml(text: str, file: str = "<recipe>") -> Any:
     except RecursionError:
         raise RecipeError("YAML", "nesting too deep", file) from None
     except ValueError as err:  # e.g. an integer of more than 4300 digits
-        raise RecipeError("YAML", f"unreadable value: {describe(str(err))}", file) from None
+        raise RecipeError("YAML", f"unreadable value ({printable(str(err))[:100]})", file) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -131,8 +131,11 @@ def apply_override(data: dict, assignment: str) -> dict:
     try:
         value = parse_yaml(raw, "--set") if raw.strip() else ""
     except RecipeError as err:
-        if "invalid YAML" not in err.message:  # duplicates, aliases, huge numbers: refused as in a file
-            raise RecipeError(key.strip(), err.message) from None
+        if "invalid YAML" not in err.message:  # duplicates, huge numbers: refused as in a file
+            inner = "" if err.field.startswith(("line ", "YAML")) else f".{err.field}"
+            raise RecipeError(key.strip() + inner, err.message) from None
+        if "alias" in err.message:
+            raise RecipeError(key.strip(), err.message.removeprefix("invalid YAML: ")) from None
         value = raw  # not YAML: the text itself (e.g. a description with a colon)
     cls: Any = Recipe
     node = data
