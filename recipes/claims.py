@@ -19,9 +19,10 @@ on, and whether those numbers are above chance / noise:
 * **cultural erasure** -- the ``us_rate`` (US answer chosen, implicit-cue localization items) of the
   EN-steered variant vs its reference: "true" when it rises significantly.
 
-Per-language paired p-values come from results.json (exact McNemar). When the run was evaluated one
-language at a time there is no pooled "mean" row, so the overall test combines the languages' signed
-p-values with Stouffer's method (weights sqrt(n)); the pooled difference is the n-weighted mean.
+Per-language paired p-values come from results.json (exact McNemar). The overall test is the pooled
+"mean" row (a run evaluated one language at a time gets it from :mod:`recipes.pooling`); results without
+one (older runs) combine the languages' signed p-values with Stouffer's method (weights sqrt(n)), the
+pooled difference being the n-weighted mean.
 """
 
 from __future__ import annotations

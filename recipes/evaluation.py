@@ -5,14 +5,22 @@ Variants are built from the run's model, adapter and intervention directory:
 - ``base`` / ``cla``: the model without / with the alignment adapter. Loading an adapter injects
   LoRA layers into the base model in place, so ``base*`` variants run inside the adapter's
   ``disable_adapter()`` context when an adapter is loaded (one copy of the weights).
-- ``+en`` / ``+loc`` / ``+surgical``: the EN-transfer / LOC / both interventions of the steering
-  stage's directory (told apart by name: ``en_transfer*`` and ``loc*``).
+- ``+en`` / ``+loc`` / ``+surgical`` / ``+experts``: the interventions of the steering stage's directory
+  with that role (:func:`intervention_role`): EN-transfer, LOC, both, or the language-expert units of an
+  experts stage directory loaded with ``steering: {load: <experts stage>/L/experts_k<k>}``.
 
-Vectors made per language (``en_transfer_ko``, ``loc_ko``) only apply to prompts in that language,
-and ``evaluate_plane`` applies one config per variant, so such directories are evaluated one
-language per work unit, and the units are spread over ``accelerate launch`` processes with
-:func:`recipes.distributed.distributed_map` (each unit is computed identically wherever it runs,
-so the merge equals the single-process result). Language-agnostic vectors give one unit.
+Interventions made for one language (``en_transfer_ko``, ``loc_ko``, the experts of ``ko``) only apply to
+prompts in that language, and ``evaluate_plane`` applies one config per variant, so such directories are
+evaluated one language per work unit, and the units are spread over ``accelerate launch`` processes with
+:func:`recipes.distributed.distributed_map` (each unit is computed identically wherever it runs, so the
+merge equals the single-process result). Language-agnostic interventions give one unit. Every unit's
+interventions are looked up before anything is scored.
+
+Either way the stage writes what one ``evaluate_plane`` call writes (results.json, results.csv,
+predictions.jsonl, plane.png, tasks.png, report.md) plus ``item_ids.json``: the ids of the items each
+(task, language) number rests on. Merged units get the pooled cross-language ("mean") rows recomputed from
+every unit's per-item choices with the plane's own definitions (:mod:`recipes.pooling`), and every
+prediction records its ``unit`` (the language whose interventions steered it; null for a single unit).
 """
 
 from __future__ import annotations
@@ -21,9 +29,24 @@ import contextlib
 import csv
 import io
 import json
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .schema import LANGUAGES
+from evaluate import plots, report
+from evaluate.plane import CSV_FIELDS, Variant, atomic_write, evaluate_plane
+from evaluate.scoring import NonFiniteScores
+from interventions.config import InterventionConfig
+
+from .distributed import distributed_map
+from .pooling import pooled_rows
+from .schema import LANGUAGES, RecipeError
+
+STEERS = {"": frozenset(), "en": frozenset({"en"}), "loc": frozenset({"loc"}),
+          "surgical": frozenset({"en", "loc"}), "experts": frozenset({"experts"})}
+"""Intervention roles each variant suffix (``base+<suffix>``) applies."""
+ITEM_IDS = "item_ids.json"
 
 
 def intervention_kind(name: str) -> tuple[str | None, str | None]:
@@ -33,45 +56,86 @@ def intervention_kind(name: str) -> tuple[str | None, str | None]:
     return kind, (tail if "_" in name and tail in LANGUAGES else None)
 
 
-def _subset(config, kinds: set[str], language: str | None):
-    from interventions.config import InterventionConfig
+def intervention_role(iv) -> tuple[str | None, str | None]:
+    """(role, language or None) of an intervention: ``experts`` for units found by
+    :func:`interventions.experts.find_experts` (its ``source`` records the method and the language), else
+    ``en`` / ``loc`` from the name (:func:`intervention_kind`)."""
+    source = iv.source if isinstance(iv.source, dict) else {}
+    if source.get("method") == "finding_experts":
+        language = source.get("language")
+        return "experts", language if language in LANGUAGES else None
+    return intervention_kind(iv.name)
 
-    chosen = []
-    for iv in config.interventions:
-        kind, lang = intervention_kind(iv.name)
-        if kind in kinds and (lang is None or lang == language):
-            chosen.append(iv)
-    missing = kinds - {intervention_kind(iv.name)[0] for iv in chosen}
+
+def _holdings(config) -> str:
+    found = sorted({f"{role or 'unnamed'}" + (f" ({lang})" if lang else "")
+                    for role, lang in map(intervention_role, config.interventions)})
+    return ", ".join(found) or "nothing"
+
+
+def _subset(config, roles: frozenset, language: str | None, variant: str = "", index: int | None = None):
+    """The interventions of ``config`` with one of ``roles`` that apply to ``language``; a role with none
+    is refused (RecipeError naming the variant)."""
+    chosen = [iv for iv in config.interventions
+              if (r := intervention_role(iv))[0] in roles and r[1] in (None, language)]
+    missing = roles - {intervention_role(iv)[0] for iv in chosen}
     if missing:
         where = f" for language {language}" if language else ""
-        raise ValueError(f"steering: the intervention directory has no {'/'.join(sorted(missing)).upper()} "
-                         f"intervention{where} (names: {[iv.name for iv in config.interventions]})")
+        field = f"evaluate.variants[{index}]" if index is not None else "evaluate.variants"
+        hint = "; the English control of transfer tasks is scored anyway: drop en from evaluate.languages" \
+            if language == "en" else ""
+        raise RecipeError(field, f"{variant or 'variant'} needs {'/'.join(sorted(missing)).upper()} "
+                                 f"interventions{where}, but the steering directory holds {_holdings(config)}{hint}")
     return InterventionConfig(chosen, dict(config.base_model))
+
+
+def variant_interventions(variants: list[str], config, language: str | None) -> dict[str, Any]:
+    """{variant: InterventionConfig or None} for ``language``'s work unit (no model needed)."""
+    out = {}
+    for i, name in enumerate(variants):
+        steer = name.partition("+")[2]
+        if steer not in STEERS:
+            raise RecipeError(f"evaluate.variants[{i}]", f"unknown steering {steer!r} in {name!r}; expected one of "
+                                                         f"{sorted(s for s in STEERS if s)}")
+        if steer and config is None:
+            raise RecipeError(f"evaluate.variants[{i}]", f"{name!r} needs the steering stage's interventions")
+        out[name] = _subset(config, STEERS[steer], language, name, i) if steer else None
+    return out
+
+
+@dataclass
+class RecipeVariant(Variant):
+    """A plane variant that switches the adapter off (``base*``) and names itself when scores overflow."""
+
+    adapter_off: Any = None
+    unit: str | None = None
+
+    @contextlib.contextmanager
+    def _named(self):
+        try:
+            yield
+        except NonFiniteScores as err:
+            where = f"variant {self.name!r}" + (f" (work unit {self.unit})" if self.unit else "")
+            raise NonFiniteScores(err.item_id, err.language, where) from None
+
+    def context(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._named())
+        if self.adapter_off is not None:
+            stack.enter_context(self.adapter_off.disable_adapter())
+        stack.enter_context(super().context())
+        return stack
 
 
 def build_variants(ctx, language: str | None, config):
     """``evaluate.plane.Variant`` objects for the recipe's variants (steering for ``language``)."""
-    from evaluate.plane import Variant
-
     peft_model = ctx.aligned_model() if ctx.adapter_source() is not None else None
-
-    class BaseVariant(Variant):
-        def context(self):
-            stack = contextlib.ExitStack()
-            if peft_model is not None:
-                stack.enter_context(peft_model.disable_adapter())
-            stack.enter_context(super().context())
-            return stack
-
-    needs = {"": set(), "en": {"en"}, "loc": {"loc"}, "surgical": {"en", "loc"}}
     variants = []
-    for name in ctx.recipe.evaluate.variants:
-        base, _, steer = name.partition("+")
-        interventions = _subset(config, needs[steer], language) if steer else None
-        if base == "cla":
-            variants.append(Variant(name, peft_model, interventions))
+    for name, interventions in variant_interventions(list(ctx.recipe.evaluate.variants), config, language).items():
+        if name.partition("+")[0] == "cla":
+            variants.append(RecipeVariant(name, peft_model, interventions, unit=language))
         else:
-            variants.append(BaseVariant(name, ctx.model, interventions))
+            variants.append(RecipeVariant(name, ctx.model, interventions, adapter_off=peft_model, unit=language))
     return variants
 
 
@@ -79,61 +143,121 @@ def _load_interventions(ctx):
     steering = ctx.output("steering")
     if steering is None:
         return None
-    from interventions.config import InterventionConfig
-
     return InterventionConfig.from_pretrained(steering / "intervention")
 
 
 def work_units(ctx, config) -> list[str | None]:
     """One unit per language when any intervention is language-specific, else one unit (None)."""
-    per_language = config is not None and any(intervention_kind(iv.name)[1] for iv in config.interventions)
+    per_language = config is not None and any(intervention_role(iv)[1] for iv in config.interventions)
     return list(ctx.recipe.evaluate.languages) if per_language else [None]
 
 
 def merge_results(parts: list[dict]) -> dict:
-    """Concatenate per-language plane results (every row carries its language)."""
+    """Concatenate per-language plane results (every row carries its language); the English control rows
+    come from the first unit (``config.english_control_unit``)."""
     if len(parts) == 1:
         return parts[0]
     merged = dict(parts[0])
     merged["config"] = {**parts[0]["config"], "languages": [p["config"]["languages"][0] for p in parts],
-                        "evaluated_per_language": True}
+                        "evaluated_per_language": True,
+                        "english_control_unit": parts[0]["config"]["languages"][0]}
     for key in ("metrics", "task_metrics"):
         merged[key] = [row for p in parts for row in p.get(key, [])
                        if not (row.get("language") == "en" and p is not parts[0])]
-    # each part's "mean" facet is its single language; the cross-language mean needs language-aware
-    # variants in evaluate.plane, so it is left out rather than approximated
+    # each part's "mean" facet is its single language: the pooled rows are recomputed from the items
     merged["plane"] = [row for p in parts for row in p.get("plane", []) if row.get("language") != "mean"]
-    merged["n_items"] = {k: v for p in parts for k, v in p.get("n_items", {}).items()}
+    for key in ("n_items", "n_gap_items"):
+        merged[key] = {k: v for p in parts for k, v in p.get(key, {}).items()}
     merged["timings_s"] = {"total": round(sum(p.get("timings_s", {}).get("total") or 0 for p in parts), 2),
                            **{p["config"]["languages"][0]: p.get("timings_s") for p in parts}}
     return merged
 
 
+def read_predictions(path: Path, unit: str | None) -> list[dict]:
+    """The plane's predictions.jsonl, each line tagged with its work unit; a NaN/inf anywhere is refused."""
+    def refuse(name):
+        raise ValueError(f"{path}: {name} in a prediction; expected finite numbers")
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [{**json.loads(line, parse_constant=refuse), "unit": unit} for line in lines if line.strip()]
+
+
+def item_ids(predictions: list[dict]) -> dict[str, list[str]]:
+    """{"task/language": [item id, ...]}: the items every (task, language) number rests on, keyed like the
+    results' ``n_items`` (the language of the task's item set, from the id ``task/language/...``: a cell's
+    English control-cue twins count in the cell of their question's language)."""
+    out: dict[str, dict[str, None]] = {}
+    for p in predictions:
+        parts = p["item_id"].split("/")
+        language = parts[1] if len(parts) > 2 and parts[0] == p["task"] else p["language"]
+        out.setdefault(f"{p['task']}/{language}", {})[p["item_id"]] = None
+    return {key: list(ids) for key, ids in sorted(out.items())}
+
+
+def results_csv(results: dict) -> str:
+    """results.csv: the metric rows, then the plane rows (task ``plane``, metric = the score's name)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(results.get("metrics", []))
+    writer.writerows({**row, "task": "plane", "cue": "", "metric": row["score"]} for row in results["plane"])
+    return buf.getvalue()
+
+
+def write_outputs(out: Path, results: dict, predictions: list[dict]) -> None:
+    """Everything one ``evaluate_plane`` call writes, plus item_ids.json, from (merged) results."""
+    lines = "".join(json.dumps(p, ensure_ascii=False, allow_nan=False) + "\n" for p in predictions)  # NaN: raise
+    atomic_write(out / "predictions.jsonl", lines)
+    atomic_write(out / ITEM_IDS, json.dumps(item_ids(predictions), indent=1, ensure_ascii=False))
+    atomic_write(out / "results.json", json.dumps(results, indent=2, default=str, ensure_ascii=False))
+    atomic_write(out / "results.csv", results_csv(results))
+    figures = plots.plot_all(results, out)
+    atomic_write(out / "report.md", report.render_report(results, figures) + "\n" + items_section(results) + "\n")
+
+
+def items_section(results: dict, where: str = ITEM_IDS) -> str:
+    """Markdown: how many items each number rests on, and the file listing their ids."""
+    langs = [x for x in results["config"]["languages"] if x != "en"]
+    lines = ["## Items behind each number", "",
+             f"Every row's `n` counts the items it averages; `{where}` lists their ids per task/language. A plane "
+             "score for a language averages its tasks' items in that language (localization: implicit-cue items "
+             f"only); the `mean` row pools the items of {', '.join(langs) or 'every language'}.", "",
+             "| task/language | items |", "|---|---|"]
+    lines += [f"| {key} | {n} |" for key, n in sorted(results.get("n_items", {}).items())]
+    if results["config"].get("evaluated_per_language"):
+        lines += ["", "Evaluated one language per work unit (per-language interventions); each prediction's `unit` "
+                      "names the language whose interventions steered it; the English control rows come from unit "
+                      f"`{results['config'].get('english_control_unit')}`."]
+    return "\n".join(lines)
+
+
 def run_evaluate(ctx, stage, out: Path) -> dict:
-    from evaluate.plane import evaluate_plane
-
-    from .distributed import distributed_map
-
     e = ctx.recipe.evaluate
     config = _load_interventions(ctx)
     units = work_units(ctx, config)
+    for language in units:  # every unit's interventions exist, before anything is scored
+        variant_interventions(list(e.variants), config, language)
     extra = {"recipe": ctx.recipe.name, "stage_hash": stage.hash}
 
     def unit(language):
         ctx.seed()
         languages = [language] if language else list(e.languages)
-        return evaluate_plane(build_variants(ctx, language, config), ctx.tokenizer, list(e.tasks), languages,
-                              split=e.split, out_dir=out if language is None else None, seed=ctx.recipe.seed,
-                              n_boot=e.bootstrap, batch_size=e.batch_size, limit=e.n, config=extra)
+        with tempfile.TemporaryDirectory(prefix="plane-") as tmp:
+            results = evaluate_plane(build_variants(ctx, language, config), ctx.tokenizer, list(e.tasks),
+                                     languages, split=e.split, out_dir=tmp, seed=ctx.recipe.seed,
+                                     n_boot=e.bootstrap, batch_size=e.batch_size, limit=e.n, config=extra)
+            return results, read_predictions(Path(tmp) / "predictions.jsonl", language)
 
     parts = distributed_map(unit, units, state=ctx.state, desc="languages")
-    results = merge_results(parts)
+    results = merge_results([r for r, _ in parts])
+    predictions = [p for _, preds in parts for p in preds]
     if units != [None]:
-        from evaluate.plane import atomic_write
-
-        atomic_write(out / "results.json", json.dumps(results, indent=2, default=str, ensure_ascii=False))
+        results["plane"] += [r for r in pooled_rows(results, predictions) if r["language"] == "mean"]
+        results["config"]["pooled"] = "mean rows recomputed from every unit's per-item choices (predictions.jsonl)"
+    results["item_ids"] = ITEM_IDS
+    write_outputs(out, results, predictions)
     plane = [r for r in results["plane"] if r.get("language") in ("mean", *e.languages)]
-    return {"plane": [{k: r.get(k) for k in ("variant", "language", "score", "value", "ci_low", "ci_high")}
+    return {"plane": [{k: r.get(k) for k in ("variant", "language", "score", "value", "ci_low", "ci_high", "n")}
                       for r in plane]}
 
 
@@ -146,19 +270,20 @@ def _measure_claims(ctx, results: dict) -> dict:
 
 
 def run_report(ctx, stage, out: Path) -> dict:
-    from evaluate import plots, report
-    from evaluate.plane import CSV_FIELDS
-
     r = ctx.recipe.report
-    results = json.loads((ctx.output("evaluate") / "results.json").read_text(encoding="utf-8"))
+    evaluated = ctx.output("evaluate")
+    results = json.loads((evaluated / "results.json").read_text(encoding="utf-8"))
     figures = plots.plot_all(results, out) if r.plots else {}
     claims = _measure_claims(ctx, results)
     written = ["claims.json"]
+    if (evaluated / ITEM_IDS).is_file():  # the report's numbers and the ids of the items they rest on
+        (out / ITEM_IDS).write_bytes((evaluated / ITEM_IDS).read_bytes())
+        written.append(ITEM_IDS)
     (out / "claims.json").write_text(json.dumps(claims, indent=2, default=str, ensure_ascii=False))
     if "md" in r.formats:
         from .claims import render_claims
 
-        text = report.render_report(results, figures) + "\n" + render_claims(claims) + "\n"
+        text = "\n".join([report.render_report(results, figures), items_section(results), render_claims(claims), ""])
         title = r.title or ctx.recipe.description or ctx.recipe.name
         (out / "report.md").write_text(f"# {title}\n\n{text}", encoding="utf-8")
         written.append("report.md")
@@ -166,12 +291,7 @@ def run_report(ctx, stage, out: Path) -> dict:
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str, ensure_ascii=False))
         written.append("results.json")
     if "csv" in r.formats:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results.get("metrics", []))
-        writer.writerows({**row, "task": "plane", "cue": "", "metric": row["score"]} for row in results["plane"])
-        (out / "results.csv").write_text(buf.getvalue(), encoding="utf-8")
+        (out / "results.csv").write_text(results_csv(results), encoding="utf-8")
         written.append("results.csv")
     verdicts = {"layers": claims["layers"]["verdict"], "orthogonality": claims["orthogonality"]["verdict"],
                 **{d["variant"]: d["verdict"] for d in claims["surgical"]},

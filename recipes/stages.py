@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .plan import Plan, StagePlan
-from .schema import Recipe
+from .schema import Recipe, RecipeError
 from .validate import check_layers, looks_like_path
 
 
@@ -113,6 +113,18 @@ def _model_shape(model) -> tuple[int, int, str]:
         return cfg.num_hidden_layers, cfg.hidden_size, model.config.model_type
 
 
+def copy_user_dir(source: str, dst: Path, field: str) -> None:
+    """Copy the user's directory ``source`` (``steering.load`` / ``alignment.adapter``) into the run without
+    following any symlink: a symlink or special file inside it is refused (RecipeError naming ``field`` and
+    the file), before anything is copied; publish would otherwise upload whatever the link points at."""
+    from interventions.fsutil import UnsafePathError, copy_tree_no_symlinks
+
+    try:
+        copy_tree_no_symlinks(Path(os.path.expanduser(source)), dst)
+    except UnsafePathError as err:
+        raise RecipeError(field, str(err)) from None
+
+
 def run_model(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     layers, hidden, model_type = _model_shape(ctx.model)
     check_layers(ctx.recipe, layers)  # deferred check for models unknown at validation time
@@ -127,8 +139,8 @@ def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     if a.adapter is not None:
         local = looks_like_path(a.adapter)
         if local:
-            shutil.copytree(Path(os.path.expanduser(a.adapter)), out / "adapter",
-                            ignore=shutil.ignore_patterns("checkpoints"))
+            copy_user_dir(a.adapter, out / "adapter", "alignment.adapter")
+            shutil.rmtree(out / "adapter" / "checkpoints", ignore_errors=True)  # training state, not the adapter
         write_json(out / "adapter.json", {"source": a.adapter, "local": local, "trained": False})
         return {"adapter": a.adapter}
     config_for = _require("alignment (train)", "alignment", "config_for")
@@ -150,10 +162,11 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     s = ctx.recipe.steering
     config_cls = _require("steering", "interventions.config", "InterventionConfig")
     if s.load is not None:
-        config = config_cls.from_pretrained(s.load, model=ctx.model)  # refuses a config that does not fit
-        if looks_like_path(s.load):
-            shutil.copytree(Path(os.path.expanduser(s.load)), out / "intervention")
+        if looks_like_path(s.load):  # copied (symlinks refused) before anything reads it
+            copy_user_dir(s.load, out / "intervention", "steering.load")
+            config_cls.from_pretrained(out / "intervention", model=ctx.model)  # refuses a config that does not fit
         else:
+            config = config_cls.from_pretrained(s.load, model=ctx.model)
             config.save_pretrained(out / "intervention")
         write_json(out / "steering.json", {"source": s.load, "computed": False})
         return {"source": s.load}
@@ -175,6 +188,9 @@ def _selection_items(ctx, language: str):
     transfer, localization = [], []
     for name in ctx.recipe.evaluate.tasks:
         task = get_task(name, seed=ctx.recipe.seed)
+        if task.languages and language not in task.languages:  # validation refuses this pair up front
+            raise RecipeError("evaluate.languages", f"task {name} has no items in {language!r} (it serves "
+                                                    f"{', '.join(task.languages)})")
         items = task.items(language, split="extract")
         if task.kind == "localization":
             localization += [it for it in items if it.cue == "implicit"][:ctx.recipe.steering.n_select]
@@ -190,9 +206,6 @@ def compute_interventions(ctx: RunContext, model, out: Path):
     vectors = _require("steering", "interventions.vectors")
     save_vectors = _require("steering", "interventions.vector_io", "save_vectors")
     config_cls = _require("steering", "interventions.config", "InterventionConfig")
-    if s.component != "block_output":
-        raise StageUnavailable(f"stage steering: vectors at {s.component} need a collector for that component "
-                               "(interventions.vectors collects block_output only)")
     top = _model_shape(model)[0] - 1
     languages = [x for x in ctx.recipe.evaluate.languages if x != "en"]
     interventions, selection, sweeps = [], {}, []
@@ -200,11 +213,7 @@ def compute_interventions(ctx: RunContext, model, out: Path):
         vec = getattr(s, which)
         if not vec.enabled:
             continue
-        data = [vec.data] if isinstance(vec.data, str) else list(vec.data)
-        files = [d for d in data if d not in ("flores", "blend", "locale_probe")]
-        if files:
-            raise StageUnavailable(f"stage steering: contrast data from files ({files}) requires a contrast-file "
-                                   "loader in interventions.vectors (not available yet)")
+        data = [vec.data] if isinstance(vec.data, str) else list(vec.data)  # named data only (the schema)
         for language in languages:
             if which == "en":
                 found = vectors.en_transfer_vectors(model, ctx.tokenizer, language, n=vec.n, reduce=vec.reduce,
@@ -236,6 +245,9 @@ def compute_interventions(ctx: RunContext, model, out: Path):
                                                          positions=vec.positions))
             selection[found.name] = {"layer": layer, "coefficient": coefficient, "selected": how, "kind": which,
                                      "language": language}
+    if not interventions:  # validation refuses this; never commit an empty steering stage as complete
+        raise RecipeError("evaluate.languages", f"no intervention to compute: EN-transfer and LOC vectors are made "
+                                                f"per language other than en, got {ctx.recipe.evaluate.languages}")
     if sweeps:
         write_sweep(sweeps, out)
     return config_cls.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
