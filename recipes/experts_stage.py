@@ -6,8 +6,11 @@ On the recipe's model (the base model; the stage runs before any adapter is load
 language ``L``:
 
 - ``L/experts_k<k>/``: the top-``k`` experts forced to their median response over positives at every position,
-  a ``set``-kind intervention directory (``InterventionConfig.save_pretrained``), loadable with
-  ``steering: {load: <stage dir>/L/experts_k<k>}``;
+  a ``set``-kind intervention directory (``InterventionConfig.save_pretrained``; each intervention's ``source``
+  records ``method: finding_experts`` and the language), loadable with
+  ``steering: {load: <stage dir>/L/experts_k<k>}`` and evaluated on the plane as the ``base+experts`` /
+  ``cla+experts`` variant (:mod:`recipes.evaluation`: L's experts steer L's prompts, so ``evaluate.languages``
+  is ``[L]``);
 - ``L/ranking/``: AP of every unit and the medians of the best ``max(ks)``.
 
 Unless ``experts.retrieval_n`` is 0, FLORES devtest top-1 retrieval L->en and en->L before and after forcing the
