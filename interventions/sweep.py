@@ -48,27 +48,30 @@ MEASURES = {"margin": "_margin_gain", "score": "_gain"}
 
 # --------------------------------------------------------------------------- per-item outcomes
 
-def item_margin(item, score) -> tuple[str, float, float] | None:
-    """``(axis, margin, correct)`` of one scored item, or None when it has no answer key for its axis.
+def item_margin(item, score, axis: str) -> tuple[float, float] | None:
+    """``(margin, correct)`` of one scored item on ``axis``, or None when it has no answer key for it.
 
-    Transfer (``item.gold`` set): gold minus the best other candidate. Localization (``item.local`` and
-    ``item.us`` set): local minus US. In the scorer's normalisation of that item (sum or per-token mean).
+    ``"transfer"``: the gold minus the best other candidate; ``"localization"``: the local answer minus the US
+    one; in the numbers the scorer chose by (summed log-prob, or per-token mean for ``normalization="mean"``).
+    The same definition as ``evaluate.margins.item_margin`` (kept here: interventions does not import
+    evaluate's outcome code).
     """
-    lp = score.mean_logprob if score.normalization == "mean" else score.logprob
-    if item.gold is not None:
-        others = [x for j, x in enumerate(lp) if j != item.gold]
-        margin = lp[item.gold] - max(others) if others else 0.0
-        return "transfer", float(margin), float(score.choice == item.gold)
-    if item.local is not None and item.us is not None:
-        return "localization", float(lp[item.local] - lp[item.us]), float(score.choice == item.local)
-    return None
+    values = score.mean_logprob if score.normalization == "mean" else score.logprob
+    if axis == "transfer":
+        if item.gold is None or len(values) < 2:
+            return None
+        return float(values[item.gold] - max(v for j, v in enumerate(values) if j != item.gold)), \
+            float(score.choice == item.gold)
+    if item.local is None or item.us is None:
+        return None
+    return float(values[item.local] - values[item.us]), float(score.choice == item.local)
 
 
 def _axis_means(items, scores, axis: str) -> tuple[float | None, float | None]:
-    outs = [m for m in (item_margin(it, s) for it, s in zip(items, scores)) if m is not None and m[0] == axis]
+    outs = [m for m in (item_margin(it, s, axis) for it, s in zip(items, scores)) if m is not None]
     if not outs:
         return None, None
-    return sum(c for _, _, c in outs) / len(outs), sum(m for _, m, _ in outs) / len(outs)
+    return sum(c for _, c in outs) / len(outs), sum(m for m, _ in outs) / len(outs)
 
 
 def _summary(transfer_items, t_scores, localization_items, l_scores) -> dict[str, float | None]:
@@ -150,12 +153,13 @@ def _row(vectors: SteeringVectors, inter, scores: dict, base: dict, kl: float | 
 def _records(vectors, inter, transfer_items, t, localization_items, l) -> list[dict]:
     """One record per scored item of this cell: the scored grid for :mod:`evaluate.selection`."""
     out = []
-    for it, s in list(zip(transfer_items, t)) + list(zip(localization_items, l)):
-        m = item_margin(it, s)
-        if m is not None:
-            out.append({"vector": vectors.name, "layer": int(inter.layer), "alpha": inter.source.get("alpha"),
-                        "item_id": it.id, "group": it.group or it.id, "axis": m[0], "margin": m[1],
-                        "correct": m[2]})
+    for axis, items, scores in (("transfer", transfer_items, t), ("localization", localization_items, l)):
+        for it, s in zip(items, scores):
+            m = item_margin(it, s, axis)
+            if m is not None:
+                out.append({"vector": vectors.name, "layer": int(inter.layer), "alpha": inter.source.get("alpha"),
+                            "item_id": it.id, "group": it.group or it.id, "axis": axis, "margin": m[0],
+                            "correct": m[1]})
     return out
 
 
