@@ -2,15 +2,24 @@
 
 ``evaluate_plane(variants, tokenizer, tasks, languages, out_dir=...)`` scores every variant on every
 task's items (plus the English items of transfer tasks, for ``consistency_with_en`` and as the English
-control), computes each task's per-item outcomes (``Task.item_outcomes``), and summarises them:
+control), computes each task's per-item outcomes (:mod:`evaluate.outcomes`: 0/1 metrics and the primary
+outcome, the log-prob ``margin`` of :mod:`evaluate.margins`), and summarises them
+(:mod:`evaluate.plane_scores`):
 
 - per (variant, task, language, cue, metric): value, bootstrap 95% CI, n, chance, ``p_vs_chance``,
-  ``above_chance``;
+  ``above_chance`` and the trivial baselines ``baseline_majority`` / ``baseline_fewer_tokens``
+  (:mod:`evaluate.baselines`);
 - per (variant, language) and over all languages ("mean"): ``transfer_score`` = mean over transfer tasks of
   their accuracy, ``localization_score`` = mean over localization tasks of their ``localization_score`` on
-  implicit-cue items (the question without the country mention), CIs from a stratified bootstrap;
+  implicit-cue items (the question without the country mention), ``transfer_score_on_gap`` (accuracy on
+  the items the base gets right in English and wrong in L), and the mean margins ``transfer_margin`` /
+  ``localization_margin``; CIs from a bootstrap stratified by (task, language);
 - paired tests of every other variant against the first (the base) on the same items: paired bootstrap of
-  the difference and, for 0/1 outcomes, exact McNemar.
+  the difference (margins: resampling within each task and language) and, for 0/1 outcomes, exact McNemar.
+
+``limit=n`` evaluates a seeded sample of ``n`` question groups per task, stratified by relation / subject /
+topic, the same groups in every language, with the share of one gold answer capped
+(:func:`evaluate.sampling.stratified_sample`).
 
 Outputs (atomic writes) in ``out_dir``: ``results.json``, ``results.csv``, ``predictions.jsonl``,
 ``plane.png``, ``tasks.png``, ``report.md``.
@@ -35,13 +44,19 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from .baselines import baseline_choices
+from .margins import item_margin
+from .outcomes import reference_gaps, variant_outcomes
+from .plane_scores import metric_rows, plane_rows
+from .sampling import MAX_GOLD_SHARE, stratified_sample
 from . import stats
 from .scoring import score_items
 
 logger = logging.getLogger(__name__)
 
 CSV_FIELDS = ("variant", "language", "task", "cue", "metric", "value", "ci_low", "ci_high", "n", "chance",
-              "p_vs_chance", "above_chance", "diff_vs_base", "p_vs_base")
+              "baseline_majority", "baseline_fewer_tokens", "p_vs_chance", "above_chance", "diff_vs_base",
+              "p_vs_base")
 HEADLINE = {"transfer": "accuracy", "localization": "localization_score"}
 MEAN = "mean"
 
@@ -119,28 +134,30 @@ def _resolve_tasks(tasks, seed: int):
     return out
 
 
-def collect_items(tasks, languages: Sequence[str], split: str = "test", limit: int | None = None):
+def collect_items(tasks, languages: Sequence[str], split: str = "test", limit: int | None = None, seed: int = 0,
+                  max_gold_share: float | None = MAX_GOLD_SHARE):
     """{(task name, language): items}; transfer tasks also get English items (consistency and control).
 
-    ``limit`` keeps the first ``limit`` items (sorted by id) of each (task, language, cue); ids are parallel
-    across languages, so the same questions are kept in every language.
+    ``limit=n`` keeps, per task, the items of ``n`` question groups drawn by
+    :func:`evaluate.sampling.stratified_sample` (seeded, stratified by relation / subject / topic, at most
+    ``max_gold_share`` of the groups with one gold answer) over the task's items in all its languages, so
+    the same questions (and all twins of each) are kept in every language. Never the first n by id.
     """
     out: dict[tuple[str, str], list] = {}
     for task in tasks:
         langs = list(dict.fromkeys(list(languages) + (["en"] if task.kind == "transfer" else [])))
         supported = getattr(task, "languages", ()) or langs
+        per_lang = {}
         for lang in langs:
             if lang not in supported:
                 logger.info("task %s has no items in %s; skipped", task.name, lang)
                 continue
-            items = task.items(lang, split=split)
-            if limit is not None:
-                kept, seen = [], {}
-                for it in items:
-                    seen[it.cue] = seen.get(it.cue, 0) + 1
-                    if seen[it.cue] <= limit:
-                        kept.append(it)
-                items = kept
+            per_lang[lang] = task.items(lang, split=split)
+        if limit is not None:
+            kept = {it.id for it in stratified_sample([it for items in per_lang.values() for it in items], limit,
+                                                      seed=seed, max_gold_share=max_gold_share)}
+            per_lang = {lang: [it for it in items if it.id in kept] for lang, items in per_lang.items()}
+        for lang, items in per_lang.items():
             if items:
                 out[(task.name, lang)] = items
     if not out:
@@ -149,17 +166,15 @@ def collect_items(tasks, languages: Sequence[str], split: str = "test", limit: i
     return out
 
 
-def _row(variant, language, task, cue, metric, summary) -> dict:
-    return {"variant": variant, "language": language, "task": task, "cue": cue, "metric": metric, **summary}
-
-
 # ------------------------------------------------------------------------------------------ main entry
 def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Sequence[str], split: str = "test",
                    out_dir: str | Path | None = None, seed: int = 0, n_boot: int = 1000, batch_size: int = 16,
-                   limit: int | None = None, progress: bool = True, config: dict | None = None) -> dict:
+                   limit: int | None = None, progress: bool = True, config: dict | None = None,
+                   max_gold_share: float | None = MAX_GOLD_SHARE) -> dict:
     """Score every variant x task x language, compute metrics with CIs and paired tests vs ``variants[0]``.
 
-    ``tasks`` are registered names or Task objects. Returns the results dict that is also written to
+    ``tasks`` are registered names or Task objects; ``limit`` / ``max_gold_share``: see :func:`collect_items`
+    (sampled with ``seed``). Returns the results dict that is also written to
     ``out_dir/results.json`` (with results.csv, predictions.jsonl, plane.png, tasks.png, report.md).
     """
     variants = list(variants)
@@ -172,7 +187,7 @@ def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Seq
     started = time.time()
     task_objs = _resolve_tasks(tasks, seed)
     kinds = {t.name: t.kind for t in task_objs}
-    by_cell = collect_items(task_objs, languages, split=split, limit=limit)
+    by_cell = collect_items(task_objs, languages, split=split, limit=limit, seed=seed, max_gold_share=max_gold_share)
     all_items = list({it.id: it for items in by_cell.values() for it in items}.values())
 
     scores: dict[str, dict[str, Any]] = {}
@@ -185,60 +200,22 @@ def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Seq
         timings[v.name] = round(time.time() - t0, 2)
         timings[f"{v.name}_cpu"] = round(time.process_time() - c0, 2)  # CPU seconds (all threads)
 
-    # per-item outcomes: {variant: {(task, language, cue, metric): {item_id: (value, chance)}}}
-    outcomes: dict[str, dict[tuple, dict[str, tuple[float, float]]]] = {}
-    task_metrics = []
-    for v in variants:
-        cells: dict[tuple, dict[str, tuple[float, float]]] = {}
-        for task in task_objs:
-            en_items = by_cell.get((task.name, "en"), []) if task.kind == "transfer" else []
-            for lang in languages if task.kind == "localization" else list(dict.fromkeys([*languages, "en"])):
-                items = by_cell.get((task.name, lang))
-                if not items:
-                    continue
-                pool = items + [it for it in en_items if lang != "en"]
-                chosen = {it.id: scores[v.name][it.id].choice for it in pool}
-                per_item = task.item_outcomes(pool, chosen)
-                by_id = {it.id: it for it in items}
-                for metric, vals in per_item.items():
-                    for item_id, value in vals.items():
-                        it = by_id.get(item_id)
-                        if it is None:  # an English item pooled in for consistency
-                            continue
-                        cue = it.cue if task.kind == "localization" else ""
-                        cells.setdefault((task.name, lang, cue, metric), {})[item_id] = (value, 1 / len(it.candidates))
-                try:  # the task's own point metrics, recorded next to ours as a cross-check
-                    tm = task.metrics(items, chosen)
-                    task_metrics.append({"variant": v.name, "language": lang, **tm})
-                except Exception as e:  # noqa: BLE001 - a cross-check must not sink the run
-                    logger.warning("task %s: metrics() failed for %s/%s: %s", task.name, v.name, lang, e)
-        outcomes[v.name] = cells
-
+    # per-item outcomes: {variant: {(task, language, cue, metric): {item_id: Outcome}}}
     base = variants[0].name
-    rows: list[dict] = []
-    keys = sorted({k for cells in outcomes.values() for k in cells})
-    for v in tqdm(variants, desc="statistics", unit="variant", disable=not progress):
-        for key in keys:
-            cell = outcomes[v.name].get(key)
-            if not cell:
-                continue
-            ids = sorted(cell)
-            values = [cell[i][0] for i in ids]
-            row = _row(v.name, key[1], key[0], key[2], key[3],
-                       stats.summarize(values, [cell[i][1] for i in ids], n_boot=n_boot, seed=seed))
-            if v.name != base and key in outcomes[base]:
-                common = [i for i in ids if i in outcomes[base][key]]
-                cmp = stats.compare([outcomes[base][key][i][0] for i in common], [cell[i][0] for i in common],
-                                    n_boot=n_boot, seed=seed)
-                row.update(diff_vs_base=cmp["diff"], p_vs_base=cmp.get("p_mcnemar", cmp["p_paired_bootstrap"]),
-                           comparison=cmp)
-            rows.append(row)
-
-    plane_rows = _plane_scores(variants, outcomes, kinds, languages, base, n_boot, seed)
+    baselines = baseline_choices(by_cell, kinds, scores[base])
+    gaps = reference_gaps(task_objs, languages, by_cell, scores[base])
+    outcomes, task_metrics = {}, []
+    for v in variants:
+        outcomes[v.name], tm = variant_outcomes(task_objs, languages, by_cell, scores[v.name], baselines, gaps)
+        task_metrics += [{"variant": v.name, **m} for m in tm]
+    rows = metric_rows(tqdm(variants, desc="statistics", unit="variant", disable=not progress), outcomes, base,
+                       n_boot, seed)
+    plane = plane_rows(variants, outcomes, kinds, languages, base, n_boot, seed)
     results = {
         "format_version": 1,
         "config": {"tasks": [t.name for t in task_objs], "languages": list(languages), "split": split,
                    "seed": seed, "n_boot": n_boot, "batch_size": batch_size, "limit": limit,
+                   "max_gold_share": max_gold_share if limit is not None else None,
                    "task_kinds": kinds, **(config or {})},
         "definitions": {
             "transfer_score": "mean over transfer tasks of accuracy (0/1 per item: gold candidate chosen)",
@@ -247,56 +224,33 @@ def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Seq
             "ci": f"percentile bootstrap {int(100 * (1 - stats.ALPHA))}% CI over items ({n_boot} resamples; "
                   "stratified by task for the plane scores)",
             "p_vs_chance": "one-sided exact Poisson-binomial test against per-item chance 1/len(candidates)",
-            "p_vs_base": "exact McNemar on paired 0/1 outcomes vs the first variant (paired bootstrap otherwise)",
+            "p_vs_base": "exact McNemar on paired 0/1 outcomes vs the first variant (paired bootstrap otherwise; "
+                         "margins in the plane: paired bootstrap resampling items within each task and language)",
+            "margin": "primary outcome per item: log-prob (as the scorer chose by: summed, or per token for "
+                      "length-normalised tasks) of the local minus the US answer (localization), of the gold "
+                      "minus the best distractor (transfer); > 0 exactly when the choice is right",
+            "gap": "transfer items in L whose English twin the first variant gets right while it gets the L item "
+                   "wrong; transfer_score_on_gap is accuracy on them",
+            "baseline_majority": "expected score of always giving the cell's most frequent answer string (gold; "
+                                 "for localization the local or US answer, whichever is more frequent), "
+                                 "uniform guess where it is not a candidate",
+            "baseline_fewer_tokens": "expected score of picking the candidate with the fewest tokens",
         },
         "versions": library_versions(),
         "variants": [v.describe() for v in variants],
         "n_items": {f"{t}/{lang}": len(items) for (t, lang), items in by_cell.items()},
+        "n_gap_items": {f"{t}/{lang}": len(ids) for (t, lang), ids in gaps.items()},
         "timings_s": {**timings, "total": round(time.time() - started, 2)},
         "metrics": rows,
-        "plane": plane_rows,
+        "plane": plane,
         "task_metrics": task_metrics,
     }
     if out_dir is not None:
-        write_outputs(results, variants, by_cell, scores, Path(out_dir))
+        write_outputs(results, variants, by_cell, scores, Path(out_dir), gaps)
     return results
 
 
-def _plane_scores(variants, outcomes, kinds, languages, base, n_boot, seed) -> list[dict]:
-    """transfer_score / localization_score per (variant, language) and over languages ('mean')."""
-    rows = []
-    facets = list(languages) + [MEAN]
-    for v in variants:
-        for lang in facets:
-            for score, kind in (("transfer_score", "transfer"), ("localization_score", "localization")):
-                metric = HEADLINE[kind]
-                cue = "implicit" if kind == "localization" else ""
-                keys = sorted(k for k in outcomes[v.name] if kinds[k[0]] == kind and k[2] == cue and k[3] == metric
-                              and (k[1] == lang or (lang == MEAN and k[1] in languages and k[1] != "en")))
-                if not keys:
-                    continue
-                groups = [[outcomes[v.name][k][i][0] for i in sorted(outcomes[v.name][k])] for k in keys]
-                value, low, high = stats.mean_of_means(groups, n_boot=n_boot, seed=seed)
-                pooled = [outcomes[v.name][k][i] for k in keys for i in sorted(outcomes[v.name][k])]
-                test = stats.vs_chance([p[0] for p in pooled], [p[1] for p in pooled])
-                row = {"variant": v.name, "language": lang, "score": score, "value": value, "ci_low": low,
-                       "ci_high": high, "n": len(pooled), "tasks": sorted({k[0] for k in keys}),
-                       "chance": test["chance"],
-                       "p_vs_chance": test["p_vs_chance"], "above_chance": test["above_chance"]}
-                if v.name != base:
-                    a, b = [], []
-                    for k in keys:
-                        for i in sorted(outcomes[v.name][k]):
-                            if i in outcomes[base].get(k, {}):
-                                a.append(outcomes[base][k][i][0])
-                                b.append(outcomes[v.name][k][i][0])
-                    cmp = stats.compare(a, b, n_boot=n_boot, seed=seed)
-                    row.update(diff_vs_base=cmp["diff"], p_vs_base=cmp.get("p_mcnemar", cmp["p_paired_bootstrap"]))
-                rows.append(row)
-    return rows
-
-
-def write_outputs(results: dict, variants, by_cell, scores, out_dir: Path) -> None:
+def write_outputs(results: dict, variants, by_cell, scores, out_dir: Path, gaps: dict | None = None) -> None:
     from . import plots, report
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,12 +264,17 @@ def write_outputs(results: dict, variants, by_cell, scores, out_dir: Path) -> No
         writer.writerow({**r, "task": "plane", "cue": "", "metric": r["score"]})
     atomic_write(out_dir / "results.csv", buf.getvalue())
     lines = []
+    kinds = results["config"]["task_kinds"]
+    gap_ids = set().union(*gaps.values()) if gaps else set()
     for v in variants:
         for (task, lang), items in by_cell.items():
             for it in items:
                 s = scores[v.name][it.id]
+                extra = {"margin": item_margin(it, s, kinds.get(task))}
+                if kinds.get(task) == "transfer" and it.language != "en":
+                    extra["gap"] = it.id in gap_ids
                 lines.append(json.dumps({"variant": v.name, "task": task, "language": it.language, "cue": it.cue,
-                                         "gold": it.gold, "local": it.local, "us": it.us, **s.to_dict()},
+                                         "gold": it.gold, "local": it.local, "us": it.us, **s.to_dict(), **extra},
                                         ensure_ascii=False))
     atomic_write(out_dir / "predictions.jsonl", "\n".join(lines) + "\n")
     figures = plots.plot_all(results, out_dir)

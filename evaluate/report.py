@@ -27,43 +27,85 @@ def _mark(r: dict) -> str:
     return "yes" if r.get("above_chance") else "no"
 
 
-def plane_table(results: dict) -> str:
-    lines = ["| variant | language | transfer_score [95% CI] | above chance | localization_score [95% CI] | "
-             "above chance |", "|---|---|---|---|---|---|"]
+def _num(x, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or x != x else format(x, fmt)
+
+
+def _refs(r: dict | None) -> str:
+    """chance / majority / fewer-tokens of a row, the numbers its value has to beat."""
+    if not r:
+        return ""
+    return " / ".join(_num(r.get(k)) for k in ("chance", "baseline_majority", "baseline_fewer_tokens"))
+
+
+def _cells(results: dict) -> dict[tuple, dict]:
     cells: dict[tuple, dict] = {}
     for r in results["plane"]:
         cells.setdefault((r["variant"], r["language"]), {})[r["score"]] = r
-    for (variant, lang), c in cells.items():
-        t, loc = c.get("transfer_score"), c.get("localization_score")
-        lines.append(f"| {variant} | {lang} | {_ci(t) if t else 'n/a'} | {_mark(t) if t else ''} | "
-                     f"{_ci(loc) if loc else 'n/a'} | {_mark(loc) if loc else ''} |")
+    return cells
+
+
+def plane_table(results: dict) -> str:
+    lines = ["| variant | language | transfer_score [95% CI] | above chance | chance / majority / fewer tokens | "
+             "localization_score [95% CI] | above chance | chance / majority / fewer tokens | "
+             "transfer_score_on_gap [95% CI] (n) |", "|---|---|---|---|---|---|---|---|---|"]
+    for (variant, lang), c in _cells(results).items():
+        t, loc, gap = c.get("transfer_score"), c.get("localization_score"), c.get("transfer_score_on_gap")
+        lines.append(f"| {variant} | {lang} | {_ci(t) if t else 'n/a'} | {_mark(t) if t else ''} | {_refs(t)} | "
+                     f"{_ci(loc) if loc else 'n/a'} | {_mark(loc) if loc else ''} | {_refs(loc)} | "
+                     f"{_ci(gap) + ' (' + str(gap['n']) + ')' if gap else 'n/a'} |")
+    return "\n".join(lines)
+
+
+def _diff(r: dict | None) -> str:
+    if not r or r.get("diff_vs_base") is None:
+        return ""
+    ci = (f" [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]" if r.get("diff_ci_low") is not None else "")
+    return f"{r['diff_vs_base']:+.2f}{ci} (p={_p(r.get('p_vs_base'))})"
+
+
+def margin_table(results: dict) -> str:
+    """The primary outcome: mean log-prob margin per (variant, language), paired difference vs the base."""
+    base = results["variants"][0]["name"]
+    lines = ["| variant | language | transfer_margin [95% CI] | diff vs " + base + " [95% CI] | "
+             "localization_margin [95% CI] | diff vs " + base + " [95% CI] |", "|---|---|---|---|---|---|"]
+    for (variant, lang), c in _cells(results).items():
+        t, loc = c.get("transfer_margin"), c.get("localization_margin")
+        if not (t or loc):
+            continue
+        f = (lambda r: f"{r['value']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r else "n/a")
+        lines.append(f"| {variant} | {lang} | {f(t)} | {_diff(t)} | {f(loc)} | {_diff(loc)} |")
     return "\n".join(lines)
 
 
 def metrics_table(results: dict) -> str:
     base = results["variants"][0]["name"]
-    lines = ["| variant | task | language | cue | metric | value [95% CI] | n | chance | p vs chance | "
-             f"diff vs {base} | p vs {base} |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | task | language | cue | metric | value [95% CI] | n | chance | majority | fewer tokens | "
+             f"p vs chance | diff vs {base} | p vs {base} |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["metrics"]:
         diff = f"{r['diff_vs_base']:+.3f}" if "diff_vs_base" in r else ""
         lines.append(f"| {r['variant']} | {r['task']} | {r['language']} | {r['cue'] or '-'} | {r['metric']} | "
-                     f"{_ci(r)} | {r['n']} | {r['chance']:.3f} | {_p(r['p_vs_chance'])} | {diff} | "
+                     f"{_ci(r)} | {r['n']} | {_num(r.get('chance'))} | {_num(r.get('baseline_majority'))} | "
+                     f"{_num(r.get('baseline_fewer_tokens'))} | {_p(r.get('p_vs_chance'))} | {diff} | "
                      f"{_p(r.get('p_vs_base')) if 'p_vs_base' in r else ''} |")
     return "\n".join(lines)
 
 
 def read_plane(results: dict) -> str:
-    rows = [r for r in results["plane"] if r["language"] == MEAN]
-    if not rows:
-        rows = results["plane"]
+    headline = [r for r in results["plane"] if r["score"] in ("transfer_score", "localization_score")]
+    rows = [r for r in headline if r["language"] == MEAN] or headline
     base = results["variants"][0]["name"]
     parts = []
     for r in rows:
         if r["variant"] != base:
             continue
         scope = "Averaged over languages" if r["language"] == MEAN else f"In {r['language']}"
+        beats = [f"{name} {r[k]:.3f}" for name, k in (("majority", "baseline_majority"),
+                                                       ("fewer-tokens", "baseline_fewer_tokens"))
+                 if r.get(k) is not None]
         parts.append(f"{scope}, {base} has {r['score']} {r['value']:.3f} "
-                     f"(95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, chance {r['chance']:.3f}), which is "
+                     f"(95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, chance {r['chance']:.3f}"
+                     + (f"; trivial baselines: {', '.join(beats)}" if beats else "") + "), which is "
                      f"{'above' if r['above_chance'] else 'not distinguishable from'} chance "
                      f"(p={_p(r['p_vs_chance'])}).")
     for r in rows:
@@ -78,7 +120,7 @@ def read_plane(results: dict) -> str:
         where = "" if r["language"] == MEAN else f" in {r['language']}"
         parts.append(f"{r['variant']} {direction} {r['score']}{where} by {r['diff_vs_base']:+.3f} vs {base} "
                      f"({'significant' if sig else 'not significant'}, paired p={_p(r['p_vs_base'])}).")
-    by_lang = [r for r in results["plane"] if r["language"] != MEAN and r["variant"] == base]
+    by_lang = [r for r in headline if r["language"] != MEAN and r["variant"] == base]
     above = sorted({f"{r['language']} ({r['score']})" for r in by_lang if r["above_chance"]})
     if by_lang:
         parts.append("Per language, the base is above chance on: " + (", ".join(above) if above else "nothing") + ".")
@@ -122,7 +164,9 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
         f"Variants: {', '.join(x['name'] for x in results['variants'])} (first = base for paired tests). "
         f"Tasks: {', '.join(cfg['tasks'])}. Languages: {', '.join(cfg['languages'])} (+ en control). "
         f"Split: {cfg['split']}, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples"
-        + (f", at most {cfg['limit']} items per task/language/cue" if cfg.get("limit") else "") + ".",
+        + (f", a seeded sample of {cfg['limit']} question groups per task (stratified by relation/subject/topic, "
+           f"the same groups in every language, at most {cfg.get('max_gold_share')} of them with one gold answer)"
+           if cfg.get("limit") else "") + ".",
         f"Versions: torch {v.get('torch', '?')}, transformers {v.get('transformers', '?')}, "
         f"commit {v.get('git_commit', '?')[:10]}. Time: {results['timings_s'].get('total')} s.",
         "",
@@ -131,6 +175,11 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
         "## Transfer-localization plane",
         "",
         plane_table(results),
+        "",
+        "Primary outcome: mean log-probability margin (local minus US answer; gold minus best distractor), "
+        "paired differences vs the base resampled within each task and language.",
+        "",
+        margin_table(results),
         "",
     ]
     if "plane" in figures:

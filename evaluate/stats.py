@@ -10,6 +10,9 @@ Everything is vectorised numpy and deterministic for a given ``seed``.
   0/1 outcomes with per-item chance rates (items may have different numbers of candidates); a one-sided
   bootstrap test otherwise.
 - :func:`summarize` / :func:`compare` bundle these into the dicts that results.json and results.csv carry.
+- :func:`stratified_paired_bootstrap` - paired mean difference pooled over strata (languages), resampling
+  items within each stratum; :func:`sign_flip_test` - permutation test of a paired mean (exact when small);
+  :func:`holm` - Holm's step-down adjustment of a family of p-values.
 """
 
 from __future__ import annotations
@@ -167,3 +170,96 @@ def mean_of_means(groups: Sequence[Sequence[float]], n_boot: int = 1000, seed: i
     boots = np.stack([_boot_means(a, n_boot, seed + i) for i, a in enumerate(arrays)]).mean(axis=0)
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return float(np.mean([a.mean() for a in arrays])), float(low), float(high)
+
+
+def stratified_paired_bootstrap(base, other, strata, n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA,
+                                weighting: str = "items") -> dict:
+    """Mean of ``other - base`` pooled over strata (e.g. languages), items resampled *within* each stratum.
+
+    ``strata[i]`` labels item ``i``. ``weighting="items"``: the pooled mean over all items (each stratum keeps
+    its size in every resample); ``"strata"``: the mean of the per-stratum means (each stratum counts once).
+    Returns ``diff``, percentile ``ci_low``/``ci_high``, a two-sided ``p_value`` (share of null-centred
+    resampled estimates at least as far from 0 as the observed one, (k + 1) / (n_boot + 1)), ``n`` and
+    ``n_strata``.
+    """
+    x, y = _vector(base, "base"), _vector(other, "other")
+    labels = np.asarray(list(strata), dtype=object)
+    if x.shape != y.shape or labels.shape != x.shape:
+        raise ValueError(f"stratified_paired_bootstrap: base, other and strata must be paired; got lengths "
+                         f"{x.size}, {y.size} and {labels.size}")
+    if weighting not in ("items", "strata"):
+        raise ValueError(f"weighting: expected 'items' or 'strata', got {weighting!r}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot: expected a positive integer, got {n_boot!r}")
+    if x.size == 0:
+        return {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "n": 0, "n_strata": 0}
+    d = y - x
+    rng = np.random.default_rng(seed)
+    names = sorted(set(labels.tolist()), key=str)
+    sizes, obs_means, boot_means = [], [], []
+    for name in names:
+        ds = d[labels == name]
+        sizes.append(ds.size)
+        obs_means.append(ds.mean())
+        boot_means.append(ds[rng.integers(0, ds.size, size=(n_boot, ds.size))].mean(axis=1))
+    w = np.asarray(sizes, dtype=np.float64) if weighting == "items" else np.ones(len(names))
+    w = w / w.sum()
+    obs = float(np.dot(w, obs_means))
+    boots = np.stack(boot_means, axis=1) @ w
+    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    if all(np.all(d[labels == name] == d[labels == name][0]) for name in names):  # no within-stratum variation
+        p = 1.0 if obs == 0 else 1.0 / (n_boot + 1)
+    else:
+        p = float(((np.abs(boots - obs) >= abs(obs) - 1e-12).sum() + 1) / (n_boot + 1))
+    return {"diff": obs, "ci_low": float(low), "ci_high": float(high), "p_value": min(p, 1.0),
+            "n": int(d.size), "n_strata": len(names)}
+
+
+def sign_flip_test(diffs, n_perm: int = 10000, seed: int = 0) -> dict:
+    """Two-sided sign-flip permutation test that the mean of paired differences is 0.
+
+    Under the null each difference is symmetric about 0, so flipping signs leaves its distribution unchanged;
+    ``p_value`` = share of sign patterns whose |mean| is at least the observed |mean|. All ``2**n`` patterns
+    are enumerated when that is at most ``n_perm`` (``exact=True``); otherwise ``n_perm`` random patterns
+    with the (k + 1) / (n_perm + 1) correction.
+    """
+    d = _vector(diffs, "diffs")
+    if n_perm < 1:
+        raise ValueError(f"n_perm: expected a positive integer, got {n_perm!r}")
+    if d.size == 0:
+        return {"mean": math.nan, "p_value": math.nan, "n": 0, "exact": True}
+    obs = abs(float(d.mean()))
+    exact = 2 ** d.size <= n_perm
+    if exact:
+        codes = np.arange(2 ** d.size)[:, None]
+        signs = 1 - 2 * ((codes >> np.arange(d.size)[None, :]) & 1)
+        means = np.abs(signs @ d) / d.size
+        p = float((means >= obs - 1e-12).mean())
+    else:
+        signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_perm, d.size))
+        means = np.abs(signs @ d) / d.size
+        p = float(((means >= obs - 1e-12).sum() + 1) / (n_perm + 1))
+    return {"mean": float(d.mean()), "p_value": min(p, 1.0), "n": int(d.size), "exact": bool(exact)}
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (NaNs stay NaN and are not counted).
+
+    With the m p-values sorted ascending, ``adj_(k) = max_{j <= k} min(1, (m - j + 1) * p_(j))``; rejecting
+    where ``adj < alpha`` controls the family-wise error rate at ``alpha``.
+    """
+    p = np.asarray(list(pvalues), dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues: expected a 1-D sequence of numbers, got shape {p.shape}")
+    ok = ~np.isnan(p)
+    if np.any((p[ok] < 0) | (p[ok] > 1)):
+        raise ValueError("pvalues: expected p-values in [0, 1] (or NaN)")
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(ok)
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = order.size
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        out[i] = running
+    return [float(v) for v in out]

@@ -72,6 +72,22 @@ def test_plane_end_to_end(tok, tmp_path):  # noqa: F811
     assert loc["value"] == pytest.approx(imp["value"]) and loc["n"] == 8  # implicit cue only
     assert "diff_vs_base" in plane[("cla", "mean", "transfer_score")]
 
+    # trivial baselines beside chance; margins (primary outcome) agree with the predictions they come from
+    ko_base = [p for p in preds if p["variant"] == "base" and p["task"] == "tiny_transfer" and p["language"] == "ko"]
+    fewest = [sum(n == min(p["n_tokens"]) for n in p["n_tokens"]) for p in ko_base]
+    assert acc["baseline_fewer_tokens"] == pytest.approx(sum(
+        (p["n_tokens"][p["gold"]] == min(p["n_tokens"])) / k for p, k in zip(ko_base, fewest)) / len(ko_base))
+    assert acc["baseline_majority"] == pytest.approx(0.25)  # four golds, three times each: one of them, 3/12
+    margin = metrics[("base", "tiny_transfer", "ko", "", "margin")]
+    assert margin["value"] == pytest.approx(sum(p["margin"] for p in ko_base) / 12) and margin["chance"] is None
+    assert all((p["margin"] > 0) == (p["choice"] == p["gold"]) for p in ko_base)
+    assert data["n_gap_items"]["tiny_transfer/ko"] == 0  # same prompt in ko and en: never right in one only
+    assert all(p["gap"] is False for p in ko_base)
+    lm = plane[("cla", "mean", "localization_margin")]
+    assert lm["ci_low"] <= lm["value"] <= lm["ci_high"] and {"diff_vs_base", "diff_ci_low", "p_vs_base"} <= set(lm)
+    assert plane[("base", "ko", "localization_score")]["baseline_fewer_tokens"] is not None
+    assert "Primary outcome" in (tmp_path / "report.md").read_text() and "majority" in (tmp_path / "report.md").read_text()
+
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_FIELDS and len(rows) == len(data["metrics"]) + len(data["plane"])
@@ -81,10 +97,23 @@ def test_plane_end_to_end(tok, tmp_path):  # noqa: F811
 
 
 def test_limit_keeps_parallel_items(tok):  # noqa: F811
-    cells = collect_items([TinyTransfer(), TinyLocal()], ["ko"], split="all", limit=3)
+    cells = collect_items([TinyTransfer(), TinyLocal()], ["ko"], split="all", limit=3, max_gold_share=None)
     assert [it.id.split("/", 2)[2] for it in cells[("tiny_transfer", "ko")]] == \
            [it.id.split("/", 2)[2] for it in cells[("tiny_transfer", "en")]]
-    assert len(cells[("tiny_local", "ko")]) == 6  # 3 per cue
+    assert len(cells[("tiny_transfer", "ko")]) == 3
+    assert len(cells[("tiny_local", "ko")]) == 6  # 3 groups, both cues of each
+    assert {it.group for it in cells[("tiny_local", "ko")] if it.cue == "implicit"} == \
+           {it.group for it in cells[("tiny_local", "ko")] if it.cue == "explicit"}
+    # seeded, not the first n by id
+    firsts = {f"tiny/q{i}" for i in range(3)}
+    draws = [{it.group for it in collect_items([TinyTransfer()], ["ko"], split="all", limit=3, seed=s,
+                                               max_gold_share=None)[("tiny_transfer", "ko")]} for s in range(6)]
+    assert len({frozenset(d) for d in draws}) > 1 and any(d != firsts for d in draws)
+    assert draws[0] == {it.group for it in collect_items([TinyTransfer()], ["ko"], split="all", limit=3, seed=0,
+                                                         max_gold_share=None)[("tiny_transfer", "ko")]}
+    # TinyLocal has two local answers only: a 0.25 cap on 3 groups allows one group per answer
+    capped = collect_items([TinyLocal()], ["ko"], split="all", limit=3)[("tiny_local", "ko")]
+    assert len({it.group for it in capped}) == 2
 
 
 def test_bad_input(tok, tmp_path):  # noqa: F811
@@ -106,11 +135,11 @@ def test_atomic_write_replaces(tmp_path):
     assert p.read_text() == "two" and len(list(p.parent.iterdir())) == 1
 
 
-def test_cli_refuses_unknown_task(tmp_path):
+def test_cli_refuses_unknown_task(tmp_path, capsys):
     from evaluate.__main__ import build_parser, main
 
     args = build_parser().parse_args(["--out", str(tmp_path)])
     assert args.tasks == ["global_mmlu", "blend", "locale_probe", "fact_probe"]
     assert args.languages == ["ar", "es", "id", "ko", "zh"]
-    with pytest.raises(SystemExit, match="unknown"):
-        main(["--out", str(tmp_path), "--tasks", "no_such_task"])
+    assert main(["--out", str(tmp_path), "--tasks", "no_such_task"]) == 2  # one line on stderr, exit 2
+    assert "--tasks: unknown ['no_such_task']" in capsys.readouterr().err

@@ -126,3 +126,90 @@ def test_properties(xs, ys):
     p = mcnemar(a, b)["p_value"]
     assert 0 < p <= 1 and p == pytest.approx(mcnemar(b, a)["p_value"])
     assert 0 < paired_bootstrap(a, b)["p_value"] <= 1
+
+
+# --- issue 14: pooled paired bootstrap over languages, Holm, sign-flip permutation test ---------------------
+from evaluate.stats import holm, sign_flip_test, stratified_paired_bootstrap  # noqa: E402
+
+
+def test_holm_matches_a_hand_computed_example():
+    # sorted: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> monotone 0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adj = holm([0.02, float("nan"), 0.01])  # NaN stays NaN and is not counted: m = 2
+    assert math.isnan(adj[1]) and adj[0] == pytest.approx(0.02) and adj[2] == pytest.approx(0.02)
+    assert holm([]) == []
+    with pytest.raises(ValueError, match="p-values"):
+        holm([0.1, 1.5])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
+def test_holm_is_at_least_the_raw_p_and_at_most_bonferroni(ps):
+    adj = holm(ps)
+    for p, a in zip(ps, adj):
+        assert p - 1e-12 <= a <= min(1.0, len(ps) * p) + 1e-12
+    order = np.argsort(ps, kind="stable")
+    assert all(adj[order[i]] <= adj[order[i + 1]] + 1e-12 for i in range(len(ps) - 1))  # monotone in p
+
+
+def test_sign_flip_exact_by_enumeration():
+    # d = (1, 2, 3): the 8 sign patterns give |sum| = 6, 4, 2, 0, 0, 2, 4, 6; observed 6 -> p = 2/8
+    res = sign_flip_test([1.0, 2.0, 3.0])
+    assert res["exact"] and res["p_value"] == pytest.approx(0.25) and res["mean"] == pytest.approx(2.0)
+    assert sign_flip_test([1.0, -1.0])["p_value"] == 1.0
+    assert sign_flip_test([0.0, 0.0, 0.0])["p_value"] == 1.0
+
+
+def test_sign_flip_monte_carlo_close_to_exact_and_seeded():
+    d = np.random.default_rng(0).normal(0.4, 1.0, size=12)
+    exact = sign_flip_test(d, n_perm=5000)  # 2**12 = 4096 <= 5000: enumerated
+    mc = sign_flip_test(d, n_perm=4000, seed=1)
+    assert exact["exact"] and not mc["exact"]
+    assert mc["p_value"] == pytest.approx(exact["p_value"], abs=0.03)
+    assert sign_flip_test(d, n_perm=4000, seed=1) == mc
+    big = np.random.default_rng(1).normal(1.0, 1.0, size=60)
+    assert sign_flip_test(big, n_perm=2000)["p_value"] < 0.01
+
+
+def test_sign_flip_null_rejects_at_about_alpha():
+    rng = np.random.default_rng(2)
+    rejections = sum(sign_flip_test(rng.normal(0, 1, size=10), n_perm=2000)["p_value"] < 0.05 for _ in range(200))
+    assert rejections / 200 < 0.1
+
+
+def test_stratified_paired_bootstrap_resamples_within_strata():
+    # ko: every item +1, es: every item -1 (3x as many): no within-language variation, so every resample
+    # keeps the pooled estimate; an unstratified bootstrap would vary with the language mix.
+    base = [0.0] * 40
+    other = [1.0] * 10 + [-1.0] * 30
+    strata = ["ko"] * 10 + ["es"] * 30
+    res = stratified_paired_bootstrap(base, other, strata, n_boot=500, seed=0)
+    assert res["diff"] == pytest.approx(-0.5) and res["ci_low"] == pytest.approx(-0.5) == res["ci_high"]
+    assert res["n"] == 40 and res["n_strata"] == 2
+    by_lang = stratified_paired_bootstrap(base, other, strata, n_boot=500, seed=0, weighting="strata")
+    assert by_lang["diff"] == pytest.approx(0.0)  # mean of the two language means
+    loose = paired_bootstrap(base, other, n_boot=500, seed=0)
+    assert loose["ci_high"] - loose["ci_low"] > 0.3
+
+
+def test_stratified_paired_bootstrap_ci_coverage():
+    rng = np.random.default_rng(5)
+    covered = 0
+    for _ in range(150):
+        strata = ["ko"] * 30 + ["zh"] * 20
+        base = rng.normal(0, 1, 50)
+        other = base + np.r_[rng.normal(0.5, 1, 30), rng.normal(-0.25, 1, 20)]  # pooled true diff 0.2
+        r = stratified_paired_bootstrap(base, other, strata, n_boot=400, seed=int(rng.integers(1 << 30)))
+        covered += r["ci_low"] <= 0.2 <= r["ci_high"]
+    assert 0.88 <= covered / 150 <= 0.99
+
+
+def test_stratified_paired_bootstrap_bad_input():
+    with pytest.raises(ValueError, match="paired"):
+        stratified_paired_bootstrap([1, 2], [1, 2], ["ko"])
+    with pytest.raises(ValueError, match="weighting"):
+        stratified_paired_bootstrap([1], [2], ["ko"], weighting="mean")
+    assert math.isnan(stratified_paired_bootstrap([], [], [])["diff"])
+    same = stratified_paired_bootstrap([0.1, 0.2], [0.1, 0.2], ["a", "b"])
+    assert same["diff"] == 0 and same["p_value"] == 1.0
