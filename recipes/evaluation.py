@@ -5,9 +5,10 @@ Variants are built from the run's model, adapter and intervention directory:
 - ``base`` / ``cla``: the model without / with the alignment adapter. Loading an adapter injects
   LoRA layers into the base model in place, so ``base*`` variants run inside the adapter's
   ``disable_adapter()`` context when an adapter is loaded (one copy of the weights).
-- ``+en`` / ``+loc`` / ``+surgical`` / ``+experts``: the interventions of the steering stage's directory
-  with that role (:func:`intervention_role`): EN-transfer, LOC, both, or the language-expert units of an
-  experts stage directory loaded with ``steering: {load: <experts stage>/L/experts_k<k>}``.
+- ``+en`` / ``+loc`` / ``+surgical`` / ``+experts`` (:mod:`recipes.variants`): the interventions of the
+  steering stage's directory with that role (:func:`intervention_role`): EN-transfer, LOC, both, or the
+  language-expert units of an experts stage directory loaded with
+  ``steering: {load: <experts stage>/L/experts_k<k>}``.
 
 Interventions made for one language (``en_transfer_ko``, ``loc_ko``, the experts of ``ko``) only apply to
 prompts in that language, and ``evaluate_plane`` applies one config per variant, so such directories are
@@ -42,10 +43,8 @@ from interventions.config import InterventionConfig
 from .distributed import distributed_map
 from .pooling import pooled_rows
 from .schema import LANGUAGES, RecipeError
+from .variants import parse_variant
 
-STEERS = {"": frozenset(), "en": frozenset({"en"}), "loc": frozenset({"loc"}),
-          "surgical": frozenset({"en", "loc"}), "experts": frozenset({"experts"})}
-"""Intervention roles each variant suffix (``base+<suffix>``) applies."""
 ITEM_IDS = "item_ids.json"
 
 
@@ -93,13 +92,13 @@ def variant_interventions(variants: list[str], config, language: str | None) -> 
     """{variant: InterventionConfig or None} for ``language``'s work unit (no model needed)."""
     out = {}
     for i, name in enumerate(variants):
-        steer = name.partition("+")[2]
-        if steer not in STEERS:
-            raise RecipeError(f"evaluate.variants[{i}]", f"unknown steering {steer!r} in {name!r}; expected one of "
-                                                         f"{sorted(s for s in STEERS if s)}")
-        if steer and config is None:
+        try:
+            roles = parse_variant(name)[1]
+        except ValueError as err:
+            raise RecipeError(f"evaluate.variants[{i}]", str(err)) from None
+        if roles and config is None:
             raise RecipeError(f"evaluate.variants[{i}]", f"{name!r} needs the steering stage's interventions")
-        out[name] = _subset(config, STEERS[steer], language, name, i) if steer else None
+        out[name] = _subset(config, roles, language, name, i) if roles else None
     return out
 
 
@@ -132,7 +131,7 @@ def build_variants(ctx, language: str | None, config):
     peft_model = ctx.aligned_model() if ctx.adapter_source() is not None else None
     variants = []
     for name, interventions in variant_interventions(list(ctx.recipe.evaluate.variants), config, language).items():
-        if name.partition("+")[0] == "cla":
+        if parse_variant(name)[0] == "cla":
             variants.append(RecipeVariant(name, peft_model, interventions, unit=language))
         else:
             variants.append(RecipeVariant(name, ctx.model, interventions, adapter_off=peft_model, unit=language))

@@ -108,6 +108,27 @@ def test_overflowing_variant_is_an_error_and_commits_nothing(tiny, tmp_path):
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp dir left
 
 
+def test_single_unit_writes_the_same_outputs(tiny, tmp_path):
+    """Language-agnostic variants: one unit, the same files, predictions with ``unit`` null."""
+    model_dir, model, tok = tiny
+    recipe = load_recipe(_recipe_file(tmp_path, model_dir, steering={"en": {"enabled": False},
+                                                                      "loc": {"enabled": False}},
+                                      evaluate={"tasks": TASKS, "languages": ["ko", "es"], "variants": ["base"],
+                                                "n": 2, "bootstrap": 20}))
+    ctx = _context(recipe, tmp_path / "run", model, tok)
+    _run_stages(ctx, "evaluate")
+    evaluated = ctx.plan.stages["evaluate"].directory
+    for name in OUTPUTS:
+        assert (evaluated / name).stat().st_size > 0, name
+    results = json.loads((evaluated / "results.json").read_text())
+    preds = _finite_lines(evaluated / "predictions.jsonl")
+    ids = json.loads((evaluated / ITEM_IDS).read_text())
+    assert {p["unit"] for p in preds} == {None} and len(preds) == sum(map(len, ids.values()))
+    assert {key: len(values) for key, values in ids.items()} == results["n_items"]
+    assert {r["language"] for r in results["plane"]} == {"ko", "es", "mean"}
+    assert "## Items behind each number" in (evaluated / "report.md").read_text()
+
+
 def test_predictions_are_written_without_nan(tmp_path):
     good = {"variant": "base", "task": "t", "language": "ko", "item_id": "t/ko/1", "logprob": [-1.0, -2.0]}
     with pytest.raises(ValueError, match="JSON compliant"):
@@ -287,6 +308,20 @@ def test_experts_directory_is_evaluable_as_a_variant(tiny, tmp_path):
     with pytest.raises(RecipeError) as err:
         variant_interventions(["base", "base+experts"], config, "es")
     assert err.value.field == "evaluate.variants[1]" and "experts (ko)" in str(err.value)
+
+
+def test_variant_names_parse_once():
+    from recipes.variants import VARIANTS, parse_variant
+
+    assert parse_variant("cla+surgical") == ("cla", frozenset({"en", "loc"}))
+    assert parse_variant("base") == ("base", frozenset())
+    assert {"base+experts", "cla+experts"} <= set(VARIANTS) and len(VARIANTS) == len(set(VARIANTS)) == 10
+    for bad in ("base+", "cla+foo", "steer+en", "base+en+loc"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            parse_variant(bad)
+    with pytest.raises(RecipeError) as err:
+        variant_interventions(["base", "cla+foo"], None, None)
+    assert err.value.field == "evaluate.variants[1]"
 
 
 def test_variant_roles_from_a_mixed_directory():
