@@ -3,7 +3,8 @@
 - ``plane.png``: x = transfer_score, y = localization_score, one marker per variant, one facet per language
   plus "mean", 95% CIs as error bars, dashed lines at chance.
 - ``tasks.png``: per-task bars of each task's headline metric (accuracy / implicit-cue localization_score)
-  per language and variant, CI error bars, chance as a dashed line.
+  per language and variant, CI error bars; chance (dashed), the majority baseline (dotted) and the
+  fewer-tokens baseline (dash-dot) as grey lines.
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ def plot_tasks(results: dict, path: Path) -> Path | None:
             ax.bar(xs, ys, width=width * 0.95, color=colors[v], label=v)
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor="black", capsize=2, lw=0.8)
         for i, lang in enumerate(langs):
-            ch = next((r["chance"] for r in trs if r["language"] == lang), None)
-            if ch is not None:
-                ax.hlines(ch, i - 0.45, i + 0.45, colors="grey", linestyles="--", lw=1)
+            first = next((r for r in trs if r["language"] == lang), {})
+            for key, style, label in (("chance", "--", "chance"), ("baseline_majority", ":", "majority"),
+                                      ("baseline_fewer_tokens", "-.", "fewer tokens")):
+                if first.get(key) is not None:
+                    ax.hlines(first[key], i - 0.45, i + 0.45, colors="grey", linestyles=style, lw=1,
+                              label=label if i == 0 and ax is axes.flat[0] else None)
         ax.set_xticks(range(len(langs)), langs)
         ax.set_ylim(0, 1)
         ax.set_title(f"{task}: {HEADLINE[kinds[task]]}")

@@ -15,7 +15,10 @@ locale_probe         localization the project's probe: implicit / explicit / Eng
 ``task.items(language, split="test"|"extract"|"all", cue=None)`` -> items sorted by id; the split is a
 seeded function of the item's ``group`` (parallel items and twins share a split).
 ``task.metrics(items, chosen)`` -> point metrics (+ ``chance``); ``task.item_outcomes`` gives the per-item
-0/1 values for bootstrap CIs.
+0/1 values for bootstrap CIs (the continuous primary outcome, the log-prob margin, is
+:func:`evaluate.margins.item_margin`). Subsets are drawn with :func:`evaluate.sampling.stratified_sample`
+(seeded, stratified by ``meta["relation"]`` / ``["subject"]`` / ``["topic"]``, whole groups), never as the
+first n items by id.
 """
 
 from .base import (ANSWER_CUE, CUES, DEFAULT_SEED, SPLITS, Item, Task, answer_cue, as_choices, choose,
