@@ -184,3 +184,24 @@ def test_readme_changelog_names_every_revised_row():
                    "zh/first_president", "ko/constitution_day", "zh/constitution_day", "zh/national_sport",
                    "zh/first_level_divisions", "es/police_number", "id/driving_age", "ar/emergency_number"):
         assert f"| {row_id} |" in log, f"changelog lacks {row_id}"
+
+
+def test_length_bias_report():
+    from benchmarks.check_locale_probe import length_bias, length_table
+
+    def words(text, add_special_tokens=True):  # a tokenizer stub: one token per word
+        return {"input_ids": text.split()}
+
+    base = {"country": "X", "topic": "t", "explicit": "e", "source": "s"}
+    rows = [{**base, "concept": "a", "language": "ko", "implicit": "q a", "local": "one", "us": "two words",
+             "en_implicit": "q", "en_local": "x y", "en_us": "z"},
+            {**base, "concept": "b", "language": "ko", "implicit": "q b", "local": "long local answer", "us": "us",
+             "en_implicit": "q", "en_local": "x", "en_us": "z"},
+            {**base, "concept": "c", "language": "ko", "implicit": "q c", "local": "same", "us": "also",
+             "en_implicit": "q", "en_local": "x", "en_us": "zz"}]
+    bias = length_bias(words, rows)
+    assert bias["ko"]["implicit"]["tokens"] == pytest.approx({"local_shorter": 1 / 3, "us_shorter": 1 / 3,
+                                                              "equal": 1 / 3})
+    assert bias["ko"]["english"]["tokens"]["us_shorter"] == pytest.approx(1 / 3)
+    assert bias["ko"]["implicit"]["chars"]["local_shorter"] == pytest.approx(1 / 3)  # "one" < "two words"
+    assert "| ko | L implicit | 3 | 0.33 | 0.33 |" in length_table(bias)
