@@ -6,6 +6,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -113,3 +114,26 @@ def test_round_trip_through_files(tmp_path_factory, data):
     again = tmp_path_factory.mktemp("fuzz") / "r.yaml"
     again.write_text(yaml.safe_dump(recipe.to_dict()))
     assert load_recipe(again).to_dict() == recipe.to_dict()
+
+
+def _nested(dotted: str, lines: list[str]) -> str:
+    *parents, leaf = dotted.split(".")
+    text = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents))
+    return text + "".join(f"{'  ' * len(parents)}{leaf}: {line}\n" for line in lines)
+
+
+@SETTINGS
+@given(st.sampled_from(KEYS), st.lists(st.integers(-5, 5) | st.sampled_from(["a", "auto", "null", "[1, 2]"]),
+                                       min_size=2, max_size=3))
+def test_a_key_given_twice_is_always_refused(dotted, values):
+    with pytest.raises(RecipeError) as err:
+        parse_yaml(_nested(dotted, [str(v) for v in values]), "dup.yaml")
+    assert err.value.field == dotted and "duplicate key" in err.value.message
+
+
+@SETTINGS
+@given(st.sampled_from(KEYS), st.text(alphabet="abc", min_size=1, max_size=3))
+def test_any_alias_is_refused(dotted, anchor):
+    text = f"description: &{anchor} x\n" + _nested(dotted, [f"*{anchor}"])
+    with pytest.raises(RecipeError, match=f"alias \\*{anchor} is not allowed"):
+        parse_yaml(text, "alias.yaml")
