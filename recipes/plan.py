@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from importlib import metadata
 from dataclasses import dataclass, field
@@ -306,10 +307,15 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 os.close(fd)
                 raise RecipeError("--out", f"another run holds {self.path} (pid {self._holder()}); wait for it "
                                            "or use another --out") from None
+            except OSError as err:  # a file system without flock (some network mounts): run unserialized
+                os.close(fd)
+                print(f"warning: cannot lock {self.path} ({err.strerror}); runs into this directory are not "
+                      "serialized", file=sys.stderr, flush=True)
+                return self
             try:
                 current = os.stat(self.path)
                 same = (current.st_ino, current.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev)

@@ -165,7 +165,8 @@ def _check_task_languages(recipe: Recipe) -> None:
             if served[task] and lang not in served[task]:
                 raise RecipeError(f"evaluate.languages[{i}]", f"task {task} has no items in {lang!r} (it serves "
                                   f"{', '.join(served[task])}); drop {lang} or the task")
-    if s.load is not None:
+    used = any("+" in v for v in e.variants) or recipe.publish.enabled or recipe.analysis.enabled
+    if s.load is not None or not used:  # the steering stage is off or computes nothing
         return
     if s.loc.enabled:
         data = [s.loc.data] if isinstance(s.loc.data, str) else s.loc.data
@@ -176,8 +177,7 @@ def _check_task_languages(recipe: Recipe) -> None:
     for which, kind in (("en", "transfer"), ("loc", "localization")):
         vec = getattr(s, which)
         auto = [k for k in ("layer", "coefficient") if getattr(vec, k) == "auto"]
-        used = any("+" in v for v in e.variants) or recipe.publish.enabled or recipe.analysis.enabled
-        if used and vec.enabled and auto and not any(tasks[t][0] == kind for t in e.tasks):
+        if vec.enabled and auto and not any(tasks[t][0] == kind for t in e.tasks):
             raise RecipeError(f"steering.{which}.{auto[0]}", f"\"auto\" selects on the extract items of the "
                               f"{kind} tasks, and evaluate.tasks has none; add one or fix the layer and coefficient")
 
