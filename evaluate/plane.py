@@ -138,10 +138,13 @@ def collect_items(tasks, languages: Sequence[str], split: str = "test", limit: i
                   max_gold_share: float | None = MAX_GOLD_SHARE):
     """{(task name, language): items}; transfer tasks also get English items (consistency and control).
 
-    ``limit=n`` keeps, per task, the items of ``n`` question groups drawn by
-    :func:`evaluate.sampling.stratified_sample` (seeded, stratified by relation / subject / topic, at most
-    ``max_gold_share`` of the groups with one gold answer) over the task's items in all its languages, so
-    the same questions (and all twins of each) are kept in every language. Never the first n by id.
+    ``limit=n`` keeps the items of ``n`` question groups drawn by :func:`evaluate.sampling.stratified_sample`
+    (seeded, stratified by relation / subject / topic, at most ``max_gold_share`` of the groups with one gold
+    answer; all twins of a group): for transfer tasks (parallel translations) one sample over all languages,
+    English included, so the same questions are kept in every language; for localization tasks (per-country
+    data, only partly parallel) ``n`` groups per language from one seeded ranking shared by the languages (a
+    concept ranks the same in each; languages with the same concepts get the same sample). Never the first n
+    by id.
     """
     out: dict[tuple[str, str], list] = {}
     for task in tasks:
@@ -153,10 +156,13 @@ def collect_items(tasks, languages: Sequence[str], split: str = "test", limit: i
                 logger.info("task %s has no items in %s; skipped", task.name, lang)
                 continue
             per_lang[lang] = task.items(lang, split=split)
-        if limit is not None:
+        if limit is not None and task.kind == "transfer":  # parallel translations: one sample, English included
             kept = {it.id for it in stratified_sample([it for items in per_lang.values() for it in items], limit,
                                                       seed=seed, max_gold_share=max_gold_share)}
             per_lang = {lang: [it for it in items if it.id in kept] for lang, items in per_lang.items()}
+        elif limit is not None:  # per-country data, partly parallel: n groups in each language, one shared ranking
+            per_lang = {lang: stratified_sample(items, limit, seed=seed, max_gold_share=max_gold_share)
+                        for lang, items in per_lang.items()}
         for lang, items in per_lang.items():
             if items:
                 out[(task.name, lang)] = items

@@ -164,8 +164,9 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
         f"Variants: {', '.join(x['name'] for x in results['variants'])} (first = base for paired tests). "
         f"Tasks: {', '.join(cfg['tasks'])}. Languages: {', '.join(cfg['languages'])} (+ en control). "
         f"Split: {cfg['split']}, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples"
-        + (f", a seeded sample of {cfg['limit']} question groups per task (stratified by relation/subject/topic, "
-           f"the same groups in every language, at most {cfg.get('max_gold_share')} of them with one gold answer)"
+        + (f", a seeded sample of {cfg['limit']} question groups per task (stratified by relation/subject/topic; "
+           f"transfer: the same groups in every language; localization: per language from one shared ranking; "
+           f"at most a share {cfg.get('max_gold_share')} of them with one gold answer)"
            if cfg.get("limit") else "") + ".",
         f"Versions: torch {v.get('torch', '?')}, transformers {v.get('transformers', '?')}, "
         f"commit {v.get('git_commit', '?')[:10]}. Time: {results['timings_s'].get('total')} s.",

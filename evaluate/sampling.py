@@ -9,15 +9,19 @@ topic; blend: the question's topic), and at most ``max(1, floor(max_gold_share *
 gold answer is the same string. It returns every item of the chosen groups, so the sample is parallel
 across languages and twins stay together.
 
+The seeded order is a hash of ``(seed, group)`` (and ``(seed, stratum)`` for the order of strata), one
+ranking shared by every call: sampling the languages of a partly parallel task (BLEnD, locale_probe: not
+every concept exists in every language) one by one picks the same groups wherever they exist.
+
 The plane runner (``evaluate.plane.collect_items(limit=n)``) and the recipe runtime's selection items use
 this one function.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
@@ -48,6 +52,10 @@ def gold_answer(item) -> str | None:
     return None if index is None else item.candidates[index].strip()
 
 
+def _rank(seed: int, key: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
+
+
 def _representative(items: Sequence) -> object:
     """The item that speaks for its group: the English implicit one if any, else the first by id."""
     return min(items, key=lambda it: (it.language != "en", it.cue != "implicit", it.id))
@@ -58,8 +66,9 @@ def sample_groups(items: Iterable, n: int, seed: int = 0, strata: Callable = str
                   max_gold_share: float | None = MAX_GOLD_SHARE) -> list[str]:
     """Ids of ``n`` groups drawn with ``seed``, balanced across strata, gold-answer share capped.
 
-    Strata are visited in a seeded order, round-robin, each giving its next group in a seeded order, so the
-    strata's counts differ by at most one unless a stratum runs out. A group whose gold answer
+    Strata are visited in a seeded order, round-robin, each giving its next group in a seeded order (hashes of
+    ``(seed, name)``, so the same groups rank the same in every call), and the strata's counts differ by at
+    most one unless a stratum runs out. A group whose gold answer
     (``gold(representative item)``) already has ``max(1, floor(max_gold_share * size))`` groups is skipped
     (``size = min(n, number of groups)``; ``max_gold_share=None`` or ``gold=None``: no cap). When the cap
     leaves fewer than ``size`` groups the sample is smaller (logged). Independent of the input order.
@@ -75,14 +84,8 @@ def sample_groups(items: Iterable, n: int, seed: int = 0, strata: Callable = str
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for g in sorted(reps):
         by_stratum[str(strata(reps[g]))].append(g)
-    rng = random.Random(seed)
-    order = sorted(by_stratum)
-    rng.shuffle(order)
-    queues = {}
-    for s in order:
-        queue = list(by_stratum[s])
-        rng.shuffle(queue)
-        queues[s] = queue
+    order = sorted(by_stratum, key=lambda s: _rank(seed, "stratum\x1f" + s))
+    queues = {s: sorted(by_stratum[s], key=lambda g: _rank(seed, g)) for s in order}
     size = min(n, len(reps))
     capped = gold is not None and max_gold_share is not None
     cap = max(1, math.floor(max_gold_share * size)) if capped else size

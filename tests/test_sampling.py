@@ -112,3 +112,24 @@ def test_fact_probe_limit_is_stratified_and_english_capped():
     # first-by-id would have been 16 P103 + 8 P1376 facts
     first = sorted(task.items("en", "test"), key=lambda i: i.id)[:24]
     assert Counter(i.meta["relation"] for i in first) != rel
+
+
+def test_localization_limit_is_per_language_from_one_shared_ranking():
+    task = get_task("locale_probe")
+    cells = collect_items([task], ["ko", "zh", "es", "id", "ar"], split="all", limit=20, seed=4)
+    for lang in ("ko", "zh", "es", "id", "ar"):
+        implicit = [i for i in cells[("locale_probe", lang)] if i.cue == "implicit"]
+        assert len(implicit) == 20, lang
+        explicit = {i.group for i in cells[("locale_probe", lang)] if i.cue == "explicit"}
+        assert explicit == {i.group for i in implicit}  # twins together
+        topics = Counter(i.meta["topic"] for i in implicit)
+        available = Counter(i.meta["topic"] for i in task.items(lang, "all", cue="implicit"))
+        # balanced: a topic below the others' count has given every concept it has
+        top = max(topics.values())
+        assert all(topics[t] >= top - 1 or topics[t] == available[t] for t in available), (lang, topics)
+    # one ranking: languages with the same concepts get the same sample
+    twins = [Item(f"l/{lang}/c{i}/implicit", "l", lang, "p", (f" a{i}", " b"), local=0, us=1, group=f"l/c{i}",
+                  meta={"topic": f"t{i % 3}"}) for lang in ("ko", "es") for i in range(30)]
+    ko = {i.group for i in stratified_sample([t for t in twins if t.language == "ko"], 9, seed=1)}
+    es = {i.group for i in stratified_sample([t for t in twins if t.language == "es"], 9, seed=1)}
+    assert ko == es and len(ko) == 9
