@@ -47,7 +47,9 @@ def vector_cosine_rows(vectors: dict, selection: dict, seed: int = 0) -> tuple[l
             r["layer"] = v_en.layers[r["layer"]]
         per_layer += [{"language": lang, **r} for r in rows]
         baseline = random_cosine_baseline(v_en.vectors.shape[1], quantile=QUANTILE, seed=seed)
-        sel_en, sel_loc = selection.get(f"en_transfer_{lang}"), selection.get(f"loc_{lang}")
+        # a selection with layer None is unsteered (the sweep found no gain): no applied direction there
+        sel_en, sel_loc = ((sel if sel and sel.get("layer") is not None else None)
+                           for sel in (selection.get(f"en_transfer_{lang}"), selection.get(f"loc_{lang}")))
         pairs = []
         if sel_en:
             pairs.append(("en_layer", sel_en["layer"], sel_en["layer"]))

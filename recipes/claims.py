@@ -117,7 +117,7 @@ def claim_layers(selection: dict, sweep: list[dict], num_layers: int | None) -> 
                          f"{kind}_above_noise": noise is not None and row[gain_key] > noise})
     rows = []
     for lang, c in sorted(per.items()):
-        if "en_selected_layer" in c and "loc_selected_layer" in c:
+        if c.get("en_selected_layer") is not None and c.get("loc_selected_layer") is not None:  # None: unsteered
             c["selected_en_below_loc"] = c["en_selected_layer"] < c["loc_selected_layer"]
         if "en_best_layer" in c and "loc_best_layer" in c:
             c["sweep_en_below_loc"] = c["en_best_layer"] < c["loc_best_layer"]

@@ -43,7 +43,7 @@ from interventions.config import InterventionConfig
 from .distributed import distributed_map
 from .pooling import pooled_rows
 from .schema import LANGUAGES, RecipeError
-from .variants import parse_variant
+from .variants import Variant as VariantName
 
 ITEM_IDS = "item_ids.json"
 
@@ -93,9 +93,13 @@ def variant_interventions(variants: list[str], config, language: str | None) -> 
     out = {}
     for i, name in enumerate(variants):
         try:
-            roles = parse_variant(name)[1]
+            parsed = VariantName.parse(name)
         except ValueError as err:
             raise RecipeError(f"evaluate.variants[{i}]", str(err)) from None
+        if parsed.control or parsed.positions or parsed.crossfit_only:  # never the plain vectors under its name
+            raise RecipeError(f"evaluate.variants[{i}]", f"{name!r} is defined by the cross-fitted protocol only; "
+                                                         "the evaluate stage applies the steering directory as it is")
+        roles = frozenset(parsed.roles)
         if roles and config is None:
             raise RecipeError(f"evaluate.variants[{i}]", f"{name!r} needs the steering stage's interventions")
         out[name] = _subset(config, roles, language, name, i) if roles else None
@@ -131,7 +135,7 @@ def build_variants(ctx, language: str | None, config):
     peft_model = ctx.aligned_model() if ctx.adapter_source() is not None else None
     variants = []
     for name, interventions in variant_interventions(list(ctx.recipe.evaluate.variants), config, language).items():
-        if parse_variant(name)[0] == "cla":
+        if VariantName.parse(name).adapter:
             variants.append(RecipeVariant(name, peft_model, interventions, unit=language))
         else:
             variants.append(RecipeVariant(name, ctx.model, interventions, adapter_off=peft_model, unit=language))

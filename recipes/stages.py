@@ -172,9 +172,6 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
         return {"source": s.load}
     ctx.seed()
     model = ctx.aligned_model() if s.compute_on == "cla" else ctx.model
-    enabled = [getattr(s, w) for w in ("en", "loc") if getattr(s, w).enabled]
-    if any(v.layer == "auto" or v.coefficient == "auto" for v in enabled):
-        _require("steering (layer/coefficient: auto)", "interventions.sweep", "select")
     config, selection = compute_interventions(ctx, model, out)
     config.save_pretrained(out / "intervention", model=model)
     write_json(out / "steering.json", {"computed": True, "selection": selection})
@@ -222,35 +219,47 @@ def compute_interventions(ctx: RunContext, model, out: Path):
                 found = vectors.loc_vectors(model, ctx.tokenizer, language, tasks=tuple(data), n=vec.n,
                                             reduce=vec.reduce, method=s.method)
             save_vectors(found, out / "vectors")
-            layer, coefficient, how = vec.layer, vec.coefficient, "fixed"
+            layer, coefficient, how, steered = vec.layer, vec.coefficient, "fixed", True
             if layer == "auto" or coefficient == "auto":
-                from interventions.sweep import cached_sweep, select
-
-                layers = [layer] if layer != "auto" else (s.layers or list(range(top + 1)))
-                coefficients = [coefficient] if coefficient != "auto" else s.coefficients
-                transfer, localization = _selection_items(ctx, language)
-                rows = cached_sweep(model, ctx.tokenizer, found, layers, coefficients, transfer, localization,
-                                    positions=vec.positions, batch_size=ctx.recipe.evaluate.batch_size)
-                rows = [dict(r, language=language, kind=which, n_transfer_items=len(transfer),
-                             n_localization_items=len(localization)) for r in rows]
+                rows, best = _sweep_and_select(ctx, model, found, which, language, top)
                 sweeps += rows
-                best = select(rows, which, s.tolerance)
-                how = f"sweep on extract (tolerance {s.tolerance})"
-                if best is None:  # nothing within tolerance: the largest gain, recorded as such
-                    gain = "transfer_gain" if which == "en" else "localization_gain"
-                    best = max(rows, key=lambda r: (r.get(gain) or 0.0, -abs(r["coefficient"]), -r["layer"]))
-                    how += ", none within tolerance: largest gain"
-                layer, coefficient = best["layer"], best["coefficient"]
-            interventions.append(vectors.steering_vector(found, layer, coefficient=coefficient,
-                                                         positions=vec.positions))
-            selection[found.name] = {"layer": layer, "coefficient": coefficient, "selected": how, "kind": which,
-                                     "language": language}
+                steered = best["steered"]
+                how = (f"sweep on extract: largest {RULE_GAIN[which]} with the other score's loss <= {s.tolerance}"
+                       if steered else f"sweep on extract: no cell gains {RULE_GAIN[which]} within tolerance "
+                                       f"{s.tolerance}: unsteered (coefficient 0)")
+                layer = best["layer"] if steered else rows[0]["layer"]
+                coefficient = best["coefficient"] if steered else 0.0
+            iv = vectors.steering_vector(found, layer, coefficient=coefficient, positions=vec.positions)
+            iv.source.update(selected=how, steered=steered)
+            interventions.append(iv)
+            selection[found.name] = {"layer": layer if steered else None, "coefficient": coefficient, "selected": how,
+                                     "steered": steered, "kind": which, "language": language}
     if not interventions:  # validation refuses this; never commit an empty steering stage as complete
         raise RecipeError("evaluate.languages", f"no intervention to compute: EN-transfer and LOC vectors are made "
                                                 f"per language other than en, got {ctx.recipe.evaluate.languages}")
     if sweeps:
         write_sweep(sweeps, out)
     return config_cls.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
+
+
+RULE_GAIN = {"en": "transfer_score", "loc": "localization_score"}
+
+
+def _sweep_and_select(ctx, model, found, which: str, language: str, top: int) -> tuple[list[dict], dict]:
+    """Sweep ``found`` over the recipe's layer x coefficient grid on extract items (``interventions.sweep``,
+    the grid in alpha units: multiples of the mean difference, equal to coefficients for mean_difference)
+    and pick the cell by the sweep's rule on scores; alpha 0 (unsteered) wins unless a cell gains."""
+    from interventions.sweep import cached_sweep, select
+
+    s, vec = ctx.recipe.steering, getattr(ctx.recipe.steering, which)
+    layers = [vec.layer] if vec.layer != "auto" else (s.layers or list(range(top + 1)))
+    alphas = [vec.coefficient] if vec.coefficient != "auto" else s.coefficients
+    transfer, localization = _selection_items(ctx, language)
+    rows = cached_sweep(model, ctx.tokenizer, found, layers, transfer, localization, alphas=alphas,
+                        positions=vec.positions, batch_size=ctx.recipe.evaluate.batch_size, progress=False)
+    rows = [dict(r, language=language, kind=which, n_transfer_items=len(transfer),
+                 n_localization_items=len(localization)) for r in rows]
+    return rows, select(rows, which, s.tolerance, seed=ctx.recipe.seed, measure="score")
 
 
 def write_sweep(rows: list[dict], out: Path) -> None:

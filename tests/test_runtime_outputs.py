@@ -311,17 +311,22 @@ def test_experts_directory_is_evaluable_as_a_variant(tiny, tmp_path):
 
 
 def test_variant_names_parse_once():
-    from recipes.variants import VARIANTS, parse_variant
+    from recipes.variants import VARIANTS, Variant
 
-    assert parse_variant("cla+surgical") == ("cla", frozenset({"en", "loc"}))
-    assert parse_variant("base") == ("base", frozenset())
-    assert {"base+experts", "cla+experts"} <= set(VARIANTS) and len(VARIANTS) == len(set(VARIANTS)) == 10
+    assert Variant.parse("cla+surgical").adapter and set(Variant.parse("cla+surgical").roles) == {"en", "loc"}
+    assert not Variant.parse("base").adapter and not Variant.parse("base").roles
+    assert Variant.parse("base+experts").roles == ("experts",)
+    assert {"base+experts", "cla+experts"} <= set(VARIANTS) and len(VARIANTS) == len(set(VARIANTS))
     for bad in ("base+", "cla+foo", "steer+en", "base+en+loc"):
-        with pytest.raises(ValueError, match="unknown variant"):
-            parse_variant(bad)
+        with pytest.raises(ValueError):
+            Variant.parse(bad)
     with pytest.raises(RecipeError) as err:
         variant_interventions(["base", "cla+foo"], None, None)
     assert err.value.field == "evaluate.variants[1]"
+    controls = [v for v in VARIANTS if Variant.parse(v).control or Variant.parse(v).crossfit_only]
+    for name in controls:  # never evaluated as the plain vectors under a control's name
+        with pytest.raises(RecipeError, match="cross-fitted"):
+            variant_interventions(["base", name], None, None)
 
 
 def test_variant_roles_from_a_mixed_directory():
