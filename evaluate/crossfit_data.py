@@ -46,18 +46,19 @@ def localization_data(tasks: Sequence[str], language: str, seed: int = 0, n: int
     return items, pairs
 
 
-def transfer_data(tasks: Sequence[str], language: str, n: int, seed: int = 0) -> list:
-    """``n`` stratified, seeded question groups of each transfer task in ``language`` (every split)."""
+def transfer_data(tasks: Sequence[str], language: str, n: int | None, seed: int = 0) -> list:
+    """``n`` stratified, seeded question groups of each transfer task in ``language`` (every split; None: all)."""
     out = []
     for name in tasks:
         task = get_task(name, seed=seed)
         if language in task.languages:
-            out += stratified_sample(task.items(language, split="all"), n, seed=seed)
+            items = task.items(language, split="all")
+            out += items if n is None else stratified_sample(items, n, seed=seed)
     return out
 
 
 def language_data(language: str, transfer_tasks: Sequence[str], localization_tasks: Sequence[str],
-                  n_transfer: int = 30, n_localization: int | None = None, n_en: int = 64, n_neutral: int = 20,
+                  n_transfer: int | None = 30, n_localization: int | None = None, n_en: int = 64, n_neutral: int = 20,
                   seed: int = 0) -> LanguageData:
     if language == "en":
         raise ValueError("language: the protocol steers a non-English language toward English; got 'en'")

@@ -40,7 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -144,24 +144,25 @@ def collect_items(tasks, languages: Sequence[str], split: str = "test", limit: i
     English included, so the same questions are kept in every language; for localization tasks (per-country
     data, only partly parallel) ``n`` groups per language from one seeded ranking shared by the languages (a
     concept ranks the same in each; languages with the same concepts get the same sample). Never the first n
-    by id.
+    by id. ``limit`` may also map a task kind (``transfer`` / ``localization``) to its own n (None: all).
     """
     out: dict[tuple[str, str], list] = {}
     for task in tasks:
         langs = list(dict.fromkeys(list(languages) + (["en"] if task.kind == "transfer" else [])))
         supported = getattr(task, "languages", ()) or langs
+        lim = limit.get(task.kind) if isinstance(limit, Mapping) else limit
         per_lang = {}
         for lang in langs:
             if lang not in supported:
                 logger.info("task %s has no items in %s; skipped", task.name, lang)
                 continue
             per_lang[lang] = task.items(lang, split=split)
-        if limit is not None and task.kind == "transfer":  # parallel translations: one sample, English included
-            kept = {it.id for it in stratified_sample([it for items in per_lang.values() for it in items], limit,
+        if lim is not None and task.kind == "transfer":  # parallel translations: one sample, English included
+            kept = {it.id for it in stratified_sample([it for items in per_lang.values() for it in items], lim,
                                                       seed=seed, max_gold_share=max_gold_share)}
             per_lang = {lang: [it for it in items if it.id in kept] for lang, items in per_lang.items()}
-        elif limit is not None:  # per-country data, partly parallel: n groups in each language, one shared ranking
-            per_lang = {lang: stratified_sample(items, limit, seed=seed, max_gold_share=max_gold_share)
+        elif lim is not None:  # per-country data, partly parallel: n groups in each language, one shared ranking
+            per_lang = {lang: stratified_sample(items, lim, seed=seed, max_gold_share=max_gold_share)
                         for lang, items in per_lang.items()}
         for lang, items in per_lang.items():
             if items:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .crossfit_stage import uses_crossfit
 from .schema import STAGES, Recipe, RecipeError
 
 HASH_VERSION = 2
@@ -115,9 +116,13 @@ def _describe_actions(recipe: Recipe) -> dict[str, str]:
             v = getattr(s, which)
             if v.enabled:
                 data = v.data if isinstance(v.data, str) else "+".join(v.data)
-                parts.append(f"{which.upper()} {s.method} on {data} (n={v.n}) layer {v.layer} "
-                             f"coefficient {v.coefficient}")
-        steer = "; ".join(parts) + f" at {s.component} on the {s.compute_on} model"
+                parts.append(f"{which.upper()} {s.method} on {data} (n={v.n}) layer {v.layer} alpha {v.alpha}")
+        if uses_crossfit(recipe):
+            steer = ("; ".join(parts) + f" at {s.component}: {s.selection.folds}-fold cross-validated selection "
+                     f"on every item (layers {s.layers or 'all'}, alphas {s.alphas}), out-of-fold plane with "
+                     "random-direction controls, for each evaluated model")
+        else:
+            steer = "; ".join(parts) + f" at {s.component} on the {s.compute_on} model"
     return {
         "model": f"load {m.name} ({m.dtype}{', ' + m.device if m.device else ''})",
         "alignment": align,
@@ -167,12 +172,17 @@ def stage_configs(recipe: Recipe) -> dict[str, tuple[dict, list[str], bool]]:
     if align_cfg["languages"] is None and align_cfg["method"] != "none":
         align_cfg["languages"] = [x for x in e.languages if x != "en"]
     steer_cfg = {**d["steering"], "languages": list(e.languages), "seed": recipe.seed}
+    crossfit = uses_crossfit(recipe)
+    if crossfit:  # the cross-fitted stage scores the evaluation items of every evaluated model
+        steer_cfg["evaluate"] = {k: d["evaluate"][k] for k in ("tasks", "variants", "n", "n_localization",
+                                                                 "batch_size")}
     publish_up = ["steering"] + (["alignment"] if "adapter" in recipe.publish.push else []) + (
         ["report"] if "report" in recipe.publish.push else [])
     return {
         "model": (d["model"], [], True),
         "alignment": (align_cfg, ["model"], _uses_cla(recipe)),
-        "steering": (steer_cfg, ["model"] + (["alignment"] if recipe.steering.compute_on == "cla" else []),
+        "steering": (steer_cfg, ["model"] + (["alignment"] if recipe.steering.compute_on == "cla"
+                                             or (crossfit and cla_eval) else []),
                      _steering_active(recipe) and (steer_eval or recipe.publish.enabled or recipe.analysis.enabled)),
         "analysis": ({**d["analysis"], "languages": list(e.languages), "seed": recipe.seed}, ["model", "steering"],
                      recipe.analysis.enabled),

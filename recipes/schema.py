@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 LANGUAGES = ("en", "ar", "es", "id", "ko", "zh", "el", "fa", "am")
 TASKS = ("global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe")
-VARIANTS = ("base", "cla", "base+en", "base+loc", "base+surgical", "cla+en", "cla+loc", "cla+surgical")
+from .variants import VARIANTS  # noqa: E402  (one table of variants: recipes.variants)
 METHODS = ("none", "multilingual_sft", "midalign", "clo")
 COMPONENTS = ("block_output",)
 """Components the steering stage computes vectors at (``interventions.vectors`` collects block_output)."""
@@ -34,7 +34,7 @@ LOC_DATA = ("blend", "locale_probe")
 
 Language = Literal["en", "ar", "es", "id", "ko", "zh", "el", "fa", "am"]
 Task = Literal["global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe"]
-Variant = Literal["base", "cla", "base+en", "base+loc", "base+surgical", "cla+en", "cla+loc", "cla+surgical"]
+Variant = Literal[VARIANTS]
 Auto = Literal["auto"]
 EnData = Literal["flores"]
 LocData = Literal["blend", "locale_probe"]
@@ -99,14 +99,18 @@ class AlignmentConfig:
 class VectorConfig:
     enabled: bool = True
     layer: Union[int, Auto] = "auto"
-    coefficient: Union[float, Auto] = "auto"
+    alpha: Union[float, Auto] = "auto"
+    """Strength in multiples of the estimated mean difference (1: add exactly the estimated difference, 0: the
+    unsteered model), or ``auto``: chosen by cross-validation with ``layer: auto`` (steering.selection)."""
     data: Union[str, list[str], None] = None
     """Named contrast data, one or a list (no files): see the EN / LOC subclasses."""
-    n: int = 64
-    """Contrast prompts per language."""
+    n: Optional[int] = None
+    """Contrast prompts per language (EN default 64 FLORES sentences; LOC default all twins). With auto
+    selection the LOC contrast of each fold is the explicit twins of the training folds' items (n unused)."""
     reduce: Optional[Literal["mean", "last"]] = None
     """How token activations become one per prompt (default: mean for EN, last for LOC)."""
-    positions: Literal["all", "prompt", "generated", "last"] = "all"
+    positions: Optional[Literal["all", "prompt", "generated", "last"]] = None
+    """Where the vector is added (default: the vector's own, EN the prompt, LOC the last prompt token)."""
     NOTES: ClassVar[dict] = {"data": "named contrast data only: contrast files are not supported"}
 
 
@@ -123,8 +127,21 @@ class LocVectorConfig(VectorConfig):
 
 
 # Per-vector defaults filled in after parsing, so the resolved recipe (and its hashes) is explicit.
-VECTOR_DEFAULTS = {"en": {"data": "flores", "reduce": "mean"},
-                   "loc": {"data": ["blend", "locale_probe"], "reduce": "last"}}
+VECTOR_DEFAULTS = {"en": {"data": "flores", "reduce": "mean", "n": 64},
+                   "loc": {"reduce": "last"}}
+
+
+@dataclass
+class SelectionConfig:
+    """Cross-validated choice of (layer, alpha) for ``auto`` (evaluate.crossfit): k folds disjoint by group."""
+
+    folds: int = 5
+    tolerance: float = 0.0
+    """Largest mean margin loss (nats) on the other axis a chosen cell may cost on its selection folds."""
+    max_kl: Optional[float] = None
+    """KL budget (nats, next token on neutral FLORES devtest text) a chosen cell may not exceed (null: none)."""
+    neutral_n: int = 20
+    """FLORES devtest sentences per language for the KL of every cell."""
 
 
 @dataclass
@@ -139,14 +156,12 @@ class SteeringConfig:
     loc: LocVectorConfig = field(default_factory=LocVectorConfig)
     layers: Optional[list[int]] = None
     """Layer grid for ``layer: auto`` (default: every layer)."""
-    coefficients: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
-    """Coefficient grid for ``coefficient: auto``."""
-    tolerance: float = 0.01
-    """Selection: the largest drop of the other score a chosen (layer, coefficient) may cost."""
-    n_select: int = 16
-    """Extract-split items per task x language scored for each (layer, coefficient) of a sweep."""
+    alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 1.5, 2.0])
+    """Strength grid for ``alpha: auto`` (alpha = 0, the unsteered model, is always a candidate)."""
+    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig())
     compute_on: Literal["base", "cla"] = "base"
-    """Compute vectors on the base model or on the aligned (CLA) model."""
+    """Fixed layer/alpha only: compute vectors on the base model or on the aligned (CLA) model. With auto
+    selection every evaluated model (base, cla) gets its own vectors, selection and out-of-fold plane."""
 
 
 @dataclass
@@ -157,7 +172,10 @@ class EvaluateConfig:
     """Default: no adapter variants, since alignment defaults to none (add cla* with an adapter)."""
     split: Literal["test", "extract", "all"] = "test"
     n: Optional[int] = 50
-    """Max items per task x language (null: all)."""
+    """Question groups per transfer task x language: a seeded sample stratified by relation/subject with the
+    share of one gold answer capped (evaluate.sampling; null: all)."""
+    n_localization: Optional[int] = None
+    """Question groups per localization task x language, sampled the same way (null: all)."""
     batch_size: int = 8
     bootstrap: int = 1000
     """Bootstrap resamples for confidence intervals (at least 1)."""
@@ -381,6 +399,8 @@ def recipe_from_dict(data: Any, *, name: str | None = None) -> Recipe:
     if isinstance(data, dict) and "name" not in data and name is not None:
         data = {**data, "name": name}
     recipe = _build(Recipe, data, "")
+    if recipe.steering.loc.data is None:  # default LOC contrast: the localization tasks evaluated, else both
+        recipe.steering.loc.data = [t for t in recipe.evaluate.tasks if t in LOC_DATA] or list(LOC_DATA)
     for which, defaults in VECTOR_DEFAULTS.items():
         vec = getattr(recipe.steering, which)
         for key, value in defaults.items():

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from .crossfit_stage import evaluate_crossfit, report_crossfit, run_crossfit, uses_crossfit
 from .plan import Plan, StagePlan
 from .schema import Recipe, RecipeError
 from .validate import check_layers, looks_like_path
@@ -170,6 +171,8 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
             config.save_pretrained(out / "intervention")
         write_json(out / "steering.json", {"source": s.load, "computed": False})
         return {"source": s.load}
+    if uses_crossfit(ctx.recipe):  # layer/alpha auto: cross-validated selection and the out-of-fold plane
+        return run_crossfit(ctx, stage, out)
     ctx.seed()
     model = ctx.aligned_model() if s.compute_on == "cla" else ctx.model
     config, selection = compute_interventions(ctx, model, out)
@@ -178,34 +181,16 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     return {"selection": selection}
 
 
-def _selection_items(ctx, language: str):
-    """Extract-split items of the recipe's transfer and localization tasks (``steering.n_select`` each)."""
-    from evaluate.tasks import get_task
-
-    transfer, localization = [], []
-    for name in ctx.recipe.evaluate.tasks:
-        task = get_task(name, seed=ctx.recipe.seed)
-        if task.languages and language not in task.languages:  # validation refuses this pair up front
-            raise RecipeError("evaluate.languages", f"task {name} has no items in {language!r} (it serves "
-                                                    f"{', '.join(task.languages)})")
-        items = task.items(language, split="extract")
-        if task.kind == "localization":
-            localization += [it for it in items if it.cue == "implicit"][:ctx.recipe.steering.n_select]
-        else:
-            transfer += items[:ctx.recipe.steering.n_select]
-    return transfer, localization
-
-
 def compute_interventions(ctx: RunContext, model, out: Path):
-    """EN-transfer and LOC vectors per evaluated non-English language, at the recipe's layer and
-    coefficient, or chosen by an ``interventions.sweep`` on extract items where they are ``auto``."""
+    """EN-transfer and LOC vectors per evaluated non-English language at the recipe's fixed layer and alpha
+    (``auto`` goes through :mod:`recipes.crossfit_stage` instead)."""
+    from interventions.config import InterventionConfig
+    from interventions.vector_io import save_vectors
+    from interventions.vectors import en_transfer_vectors, loc_vectors
+
     s = ctx.recipe.steering
-    vectors = _require("steering", "interventions.vectors")
-    save_vectors = _require("steering", "interventions.vector_io", "save_vectors")
-    config_cls = _require("steering", "interventions.config", "InterventionConfig")
-    top = _model_shape(model)[0] - 1
     languages = [x for x in ctx.recipe.evaluate.languages if x != "en"]
-    interventions, selection, sweeps = [], {}, []
+    interventions, selection = [], {}
     for which in ("en", "loc"):
         vec = getattr(s, which)
         if not vec.enabled:
@@ -213,61 +198,22 @@ def compute_interventions(ctx: RunContext, model, out: Path):
         data = [vec.data] if isinstance(vec.data, str) else list(vec.data)  # named data only (the schema)
         for language in languages:
             if which == "en":
-                found = vectors.en_transfer_vectors(model, ctx.tokenizer, language, n=vec.n, reduce=vec.reduce,
-                                                    method=s.method)
+                found = en_transfer_vectors(model, ctx.tokenizer, language, n=vec.n, reduce=vec.reduce,
+                                            method=s.method)
             else:
-                found = vectors.loc_vectors(model, ctx.tokenizer, language, tasks=tuple(data), n=vec.n,
-                                            reduce=vec.reduce, method=s.method)
+                found = loc_vectors(model, ctx.tokenizer, language, tasks=tuple(data), n=vec.n, reduce=vec.reduce,
+                                    method=s.method)
+            found.source.update(role="en_transfer" if which == "en" else "loc_cultural", language=language)
             save_vectors(found, out / "vectors")
-            layer, coefficient, how, steered = vec.layer, vec.coefficient, "fixed", True
-            if layer == "auto" or coefficient == "auto":
-                rows, best = _sweep_and_select(ctx, model, found, which, language, top)
-                sweeps += rows
-                steered = best["steered"]
-                how = (f"sweep on extract: largest {RULE_GAIN[which]} with the other score's loss <= {s.tolerance}"
-                       if steered else f"sweep on extract: no cell gains {RULE_GAIN[which]} within tolerance "
-                                       f"{s.tolerance}: unsteered (coefficient 0)")
-                layer = best["layer"] if steered else rows[0]["layer"]
-                coefficient = best["coefficient"] if steered else 0.0
-            iv = vectors.steering_vector(found, layer, coefficient=coefficient, positions=vec.positions)
-            iv.source.update(selected=how, steered=steered)
+            iv = found.intervention(vec.layer, alpha=vec.alpha, positions=vec.positions)
+            iv.source.update(selected="fixed in the recipe", steered=True)
             interventions.append(iv)
-            selection[found.name] = {"layer": layer if steered else None, "coefficient": coefficient, "selected": how,
-                                     "steered": steered, "kind": which, "language": language}
+            selection[found.name] = {"layer": vec.layer, "alpha": vec.alpha, "selected": "fixed in the recipe",
+                                     "steered": True, "kind": which, "language": language}
     if not interventions:  # validation refuses this; never commit an empty steering stage as complete
         raise RecipeError("evaluate.languages", f"no intervention to compute: EN-transfer and LOC vectors are made "
                                                 f"per language other than en, got {ctx.recipe.evaluate.languages}")
-    if sweeps:
-        write_sweep(sweeps, out)
-    return config_cls.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
-
-
-RULE_GAIN = {"en": "transfer_score", "loc": "localization_score"}
-
-
-def _sweep_and_select(ctx, model, found, which: str, language: str, top: int) -> tuple[list[dict], dict]:
-    """Sweep ``found`` over the recipe's layer x coefficient grid on extract items (``interventions.sweep``,
-    the grid in alpha units: multiples of the mean difference, equal to coefficients for mean_difference)
-    and pick the cell by the sweep's rule on scores; alpha 0 (unsteered) wins unless a cell gains."""
-    from interventions.sweep import cached_sweep, select
-
-    s, vec = ctx.recipe.steering, getattr(ctx.recipe.steering, which)
-    layers = [vec.layer] if vec.layer != "auto" else (s.layers or list(range(top + 1)))
-    alphas = [vec.coefficient] if vec.coefficient != "auto" else s.coefficients
-    transfer, localization = _selection_items(ctx, language)
-    rows = cached_sweep(model, ctx.tokenizer, found, layers, transfer, localization, alphas=alphas,
-                        positions=vec.positions, batch_size=ctx.recipe.evaluate.batch_size, progress=False)
-    rows = [dict(r, language=language, kind=which, n_transfer_items=len(transfer),
-                 n_localization_items=len(localization)) for r in rows]
-    return rows, select(rows, which, s.tolerance, seed=ctx.recipe.seed, measure="score")
-
-
-def write_sweep(rows: list[dict], out: Path) -> None:
-    """``sweep.json`` + ``sweep.csv`` (``interventions.sweep.save_sweep``) and ``sweep.png`` (``plot_sweep``)."""
-    save_sweep = _require("steering", "interventions.sweep", "save_sweep")
-    plot_sweep = _require("steering", "evaluate.plots", "plot_sweep")
-    save_sweep(rows, out / "sweep.json")
-    plot_sweep(rows, out / "sweep.png")
+    return InterventionConfig.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
 
 
 def run_analysis(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
@@ -285,6 +231,8 @@ def run_experts(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 
 
 def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    if uses_crossfit(ctx.recipe):
+        return evaluate_crossfit(ctx, stage, out)
     _require("evaluate", "evaluate.plane", "evaluate_plane")
     from .evaluation import run_evaluate as run
 
@@ -292,6 +240,8 @@ def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 
 
 def run_report(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    if uses_crossfit(ctx.recipe):
+        return report_crossfit(ctx, stage, out)
     _require("report", "evaluate.report", "render_report")
     _require("report", "evaluate.plots", "plot_all")
     from .evaluation import run_report as run

@@ -16,6 +16,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from .crossfit_stage import uses_crossfit
+from .variants import Variant
 from .schema import LANGUAGES, Recipe, RecipeError, describe, recipe_from_dict
 from .inputs import check_adapter_dir, check_intervention_dir
 from .yaml_io import read_recipe_data
@@ -176,10 +178,60 @@ def _check_task_languages(recipe: Recipe) -> None:
                                   f"{data} serves {', '.join(sorted({x for d in data for x in served[d]}))}")
     for which, kind in (("en", "transfer"), ("loc", "localization")):
         vec = getattr(s, which)
-        auto = [k for k in ("layer", "coefficient") if getattr(vec, k) == "auto"]
+        auto = [k for k in ("layer", "alpha") if getattr(vec, k) == "auto"]
         if vec.enabled and auto and not any(tasks[t][0] == kind for t in e.tasks):
-            raise RecipeError(f"steering.{which}.{auto[0]}", f"\"auto\" selects on the extract items of the "
-                              f"{kind} tasks, and evaluate.tasks has none; add one or fix the layer and coefficient")
+            raise RecipeError(f"steering.{which}.{auto[0]}", f"\"auto\" selects on the items of the {kind} tasks "
+                              "(cross-validated), and evaluate.tasks has none; add one or fix the layer and alpha")
+
+
+def _check_selection(recipe: Recipe) -> None:
+    """The grid and the cross-validation settings of ``auto`` (one grid chooses both vectors)."""
+    s = recipe.steering
+    sel = s.selection
+    if not s.alphas:
+        raise RecipeError("steering.alphas", "expected a non-empty strength grid (alpha 0 is always added)")
+    for i, a in enumerate(s.alphas):
+        if a <= 0:
+            raise RecipeError(f"steering.alphas[{i}]", f"expected a positive multiple of the mean difference (alpha 0, "
+                                                      f"the unsteered model, is always a candidate), got {a}")
+    if len(set(s.alphas)) != len(s.alphas):
+        raise RecipeError("steering.alphas", f"duplicate entries in {s.alphas}")
+    if sel.folds < 2:
+        raise RecipeError("steering.selection.folds", f"expected at least 2 folds, got {sel.folds}")
+    _positive(sel.tolerance, "steering.selection.tolerance", zero=True)
+    _positive(sel.max_kl, "steering.selection.max_kl")
+    if sel.neutral_n < sel.folds:
+        raise RecipeError("steering.selection.neutral_n", f"expected at least one neutral sentence per fold "
+                                                          f"({sel.folds}), got {sel.neutral_n}")
+    if not uses_crossfit(recipe):
+        return
+    for which in ("en", "loc"):
+        vec = getattr(s, which)
+        if not vec.enabled:
+            raise RecipeError(f"steering.{which}.enabled", "cross-validated selection (auto) chooses EN and LOC "
+                                                          "together and scores Surgical: enable both, or fix every "
+                                                          "layer and alpha")
+        for key in ("layer", "alpha"):
+            if getattr(vec, key) != "auto":
+                raise RecipeError(f"steering.{which}.{key}", "auto selection chooses the layer and alpha of both "
+                                                             "vectors on one grid: set every layer and alpha to "
+                                                             "auto, or fix all four")
+    if s.loc.n is not None:
+        raise RecipeError("steering.loc.n", "with auto selection the LOC contrast of each fold is the explicit twins "
+                                            "of the training folds' items: remove n (evaluate.n_localization sets "
+                                            "how many localization items there are)")
+    loc_tasks = sorted(t for t in recipe.evaluate.tasks if t in ("blend", "locale_probe"))
+    data = sorted([s.loc.data] if isinstance(s.loc.data, str) else s.loc.data)
+    if data != loc_tasks:
+        raise RecipeError("steering.loc.data", f"with auto selection the LOC contrast is the explicit twins of the "
+                                               f"scored localization items: expected {loc_tasks} (the localization "
+                                               f"tasks of evaluate.tasks), got {data}")
+    if s.method != "mean_difference":
+        raise RecipeError("steering.method", "auto selection estimates mean-difference vectors per fold: expected "
+                                             f"mean_difference, got {s.method!r}")
+    if s.compute_on != "base":
+        raise RecipeError("steering.compute_on", "with auto selection every evaluated model (base, cla) gets its "
+                                                 "own vectors: leave compute_on at base")
 
 
 def _check_load_conflicts(recipe: Recipe) -> None:
@@ -193,7 +245,7 @@ def _check_load_conflicts(recipe: Recipe) -> None:
             if key != "load" and v != d:
                 where = f"steering.{key}" + (f".{sub}" if sub else "")
                 raise RecipeError(where, f"ignored when steering.load is set (the loaded directory fixes "
-                                         f"layers, coefficients and components): remove it or steering.load")
+                                         f"layers, alphas and components): remove it or steering.load")
 
 
 def validate_recipe(recipe: Recipe) -> Recipe:
@@ -244,24 +296,17 @@ def validate_recipe(recipe: Recipe) -> Recipe:
             if not vec.enabled:
                 continue
             _positive(vec.n, f"steering.{which}.n")
-            if s.method == "pca" and vec.n < 2:
+            if s.method == "pca" and vec.n is not None and vec.n < 2:
                 raise RecipeError(f"steering.{which}.n", f"steering.method pca needs at least 2 contrast prompts, "
                                                          f"got {vec.n}")
-            if vec.coefficient != "auto" and vec.coefficient == 0:
-                raise RecipeError(f"steering.{which}.coefficient", "expected a non-zero number or \"auto\", got 0")
+            if vec.alpha != "auto" and vec.alpha == 0:
+                raise RecipeError(f"steering.{which}.alpha", "alpha 0 is the unsteered model: expected a non-zero "
+                                                             "number or \"auto\" (or set enabled: false)")
             _check_contrast_data(vec.data, which)
             if vec.layer == "auto" and s.layers is not None and not s.layers:
                 raise RecipeError("steering.layers", f"steering.{which}.layer is \"auto\": expected a non-empty grid")
-            if vec.coefficient == "auto" and not s.coefficients:
-                raise RecipeError("steering.coefficients",
-                                  f"steering.{which}.coefficient is \"auto\": expected a non-empty grid")
-        for i, c in enumerate(s.coefficients):
-            if c == 0:
-                raise RecipeError(f"steering.coefficients[{i}]", "expected a non-zero number, got 0")
         if s.compute_on == "cla" and not has_cla:
             raise RecipeError("steering.compute_on", "\"cla\" needs an adapter: set alignment.method or alignment.adapter")
-    _positive(s.tolerance, "steering.tolerance", zero=True)
-    _positive(s.n_select, "steering.n_select")
     has = {"en": s.load is not None or s.en.enabled, "loc": s.load is not None or s.loc.enabled}
 
     # evaluate
@@ -271,16 +316,22 @@ def validate_recipe(recipe: Recipe) -> Recipe:
             raise RecipeError(f"evaluate.{name}", "expected at least one entry")
         if len(set(values)) != len(values):
             raise RecipeError(f"evaluate.{name}", f"duplicate entries in {values}")
-    for i, variant in enumerate(e.variants):
-        base, _, steer = variant.partition("+")
-        if base == "cla" and not has_cla:
-            raise RecipeError(f"evaluate.variants[{i}]",
-                              f"{variant!r} needs an adapter: set alignment.method or alignment.adapter")
-        needs = {"en": ["en"], "loc": ["loc"], "surgical": ["en", "loc"], "": []}[steer]
-        for which in needs:
-            if not has[which]:
-                raise RecipeError(f"evaluate.variants[{i}]",
-                                  f"{variant!r} needs the {which.upper()} vector: steering.{which}.enabled is false")
+    crossfit = uses_crossfit(recipe)
+    for i, name in enumerate(e.variants):
+        variant = Variant.parse(name)
+        where = f"evaluate.variants[{i}]"
+        if variant.adapter and not has_cla:
+            raise RecipeError(where, f"{name!r} needs an adapter: set alignment.method or alignment.adapter")
+        if variant.crossfit_only and not crossfit:
+            raise RecipeError(where, f"{name!r} exists only in the out-of-fold plane: set the steering layers and "
+                                     "alphas to auto (cross-validated selection)")
+        for role in variant.roles:
+            if role == "experts":
+                if s.load is None or crossfit:
+                    raise RecipeError(where, f"{name!r} evaluates a loaded experts directory: set steering.load to "
+                                             "an experts stage's intervention directory")
+            elif not has[role]:
+                raise RecipeError(where, f"{name!r} needs the {role.upper()} vector: steering.{role}.enabled is false")
     _positive(e.n, "evaluate.n")
     _positive(e.batch_size, "evaluate.batch_size")
     for which in ("en", "loc") if s.load is None and not non_english else ():
@@ -291,11 +342,10 @@ def validate_recipe(recipe: Recipe) -> Recipe:
         raise RecipeError("evaluate.bootstrap", f"expected at least 1 resample (confidence intervals), "
                                                 f"got {e.bootstrap}")
     _check_task_languages(recipe)
-    tuned = [f"steering.{w}.{k}" for w in ("en", "loc") for k in ("layer", "coefficient")
-             if s.load is None and getattr(s, w).enabled and getattr(getattr(s, w), k) == "auto"]
-    if tuned and e.split != "test" and any("+" in v for v in e.variants):
-        raise RecipeError("evaluate.split", f"{e.split!r} includes the extract items that {tuned[0]}: auto is "
-                                            "selected on; evaluate on 'test' or fix the layer and coefficient")
+    if crossfit and e.split != "test":
+        raise RecipeError("evaluate.split", f"{e.split!r}: with auto selection every item of every split goes "
+                                            "through the folds (out of fold); leave evaluate.split at test")
+    _positive(e.n_localization, "evaluate.n_localization")
 
     # analysis
     an = recipe.analysis
@@ -330,6 +380,8 @@ def validate_recipe(recipe: Recipe) -> Recipe:
 
     if shape is not None:
         check_layers(recipe, shape.num_layers)
+    if s.load is None:
+        _check_selection(recipe)
     return recipe
 
 
