@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import torch
 import transformers as tf
 
@@ -154,3 +156,21 @@ def save_tiny_model(arch: str, tokenizer, directory, seed: int = 0, dtype=torch.
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def char_tokenizer():
+    """A left-padding character tokenizer over ids < 128 (ASCII letters, digits, punctuation) that prepends
+    <bos> (like gemma's): fits ``tiny_model``'s vocabulary, so constructed ASCII items score on it."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "<bos>": 1, "<eos>": 2, "[UNK]": 3}
+    for ch in string.ascii_letters + string.digits + " .,!?'-:":
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="[PAD]",
+                                  unk_token="[UNK]")
+    tok.padding_side = "left"
+    return tok
