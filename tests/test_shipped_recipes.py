@@ -16,6 +16,7 @@ exercised here on CPU; ``test_bf16_device_map_auto_load_steer_score`` checks the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,8 @@ import pytest
 import torch
 import yaml
 
+from recipes import schema
+from recipes.crossfit_stage import uses_crossfit
 from recipes.run import main, prepare
 from recipes.validate import shipped_recipes
 from tiny_models import flores_bpe_tokenizer, gemma_tokenizer, qwen_tokenizer, save_tiny_model, tiny_model_for
@@ -68,24 +71,42 @@ def tiny_model_dirs(tmp_path_factory):
     return get
 
 
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def tiny_overrides(path: Path, model_dir: Path) -> list[str]:
-    """``--set`` values that swap the model and shrink every size of the recipe at ``path``."""
+    """``--set`` values that swap the model and shrink every size of the recipe at ``path``.
+
+    Keys are set only where the schema has them (read from ``recipes.schema``), and a vector's ``n`` only where
+    the recipe sets it, so the overrides follow the schema instead of adding fields the recipe left out.
+    """
     data = read_recipe_data(path)
     sets = [f"model.name={model_dir}", "evaluate.n=2", "evaluate.bootstrap=20"]
+    if "n_localization" in _fields(schema.EvaluateConfig):
+        sets.append("evaluate.n_localization=2")
     alignment = data.get("alignment") or {}
     if alignment.get("method", "none") != "none":
         sets += ["alignment.max_steps=2", "alignment.n=8", "alignment.batch_size=2", "alignment.lora_r=4",
                  "alignment.lora_alpha=8"]
     steering = data.get("steering") or {}
-    if not steering.get("load"):
-        sets += ["steering.layers=[1, 2]", "steering.n_select=2"]
-        coefficients = steering.get("coefficients")
-        if coefficients:
-            sets.append(f"steering.coefficients={list(coefficients[:2])}")
+    steering_fields = _fields(schema.SteeringConfig)
+    computes = not steering.get("load") and any((steering.get(w) or {}).get("enabled", True) for w in ("en", "loc"))
+    if computes:
+        sets.append("steering.layers=[1, 2]")
+        for grid in ("alphas", "coefficients"):  # the strength grid, two values of the recipe's (or default's)
+            if grid in steering_fields:
+                values = steering.get(grid) or getattr(schema.SteeringConfig(), grid)
+                sets.append(f"steering.{grid}={list(values[:2])}")
+        if "n_select" in steering_fields:
+            sets.append("steering.n_select=2")
+        if "selection" in steering_fields:
+            sets += ["steering.selection.folds=2", "steering.selection.neutral_n=2"]
         for which, fixed in (("en", 1), ("loc", 2)):
             vec = steering.get(which) or {}
             if vec.get("enabled", True):
-                sets.append(f"steering.{which}.n=4")
+                if "n" in vec:
+                    sets.append(f"steering.{which}.n=4")
                 if isinstance(vec.get("layer"), int):
                     sets.append(f"steering.{which}.layer={fixed}")
     analysis = data.get("analysis") or {}
@@ -131,17 +152,37 @@ def hub_calls(monkeypatch):
 EXPECTED_FILES = {  # files each stage must leave in its committed directory (beside stage.json)
     "model": ["model.json"],
     "alignment": ["adapter.json", "adapter/adapter_config.json"],
-    "steering": ["steering.json", "intervention/intervention_config.json"],
+    "steering": ["steering.json"],
     "analysis": ["analysis.json", "language_separation.csv", "retrieval.csv"],
     "experts": [],
-    "evaluate": ["results.json", "predictions.jsonl"],
-    "report": ["claims.json"],
+    "evaluate": ["results.json"],
+    "report": [],
     "publish": ["publish.json"],
+}
+PROTOCOL_FILES = {  # per-item records: the plane's predictions, or the cross-fitted protocol's out-of-fold outcomes
+    False: {"steering": ["intervention/intervention_config.json"], "evaluate": ["predictions.jsonl"]},
+    True: {"steering": ["outcomes.jsonl", "crossfit.json"]},
 }
 REPORT_FILES = {"md": "report.md", "json": "results.json", "csv": "results.csv"}
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def _jsonl(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text, f"{path}: non-finite numbers"
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _takes_over_30_s(path: Path) -> bool:
+    """A recipe that trains an adapter or computes steering vectors takes 30-60 s here (2 cores; mostly the
+    sweep/plane plots and task loading); an experts-only one about 10 s."""
+    data = read_recipe_data(path)
+    steering = data.get("steering") or {}
+    return ((data.get("alignment") or {}).get("method", "none") != "none"
+            or any((steering.get(w) or {}).get("enabled", True) for w in ("en", "loc")))
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if _takes_over_30_s(p) else [])
+                                  for p in SHIPPED])
 def test_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_model_dirs, hub_calls, tmp_path, capsys):
     model_name = read_recipe_data(path)["model"]["name"]
     sets = tiny_overrides(path, tiny_model_dirs(model_name))
@@ -152,25 +193,33 @@ def test_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_model_dirs, h
 
     _, plan = prepare(argv)  # the same plan, read back from the disk: every active stage committed
     recipe = plan.recipe
+    crossfit = uses_crossfit(recipe)
     active = [st for st in plan if st.active]
     assert {"model", "evaluate"} <= {st.name for st in active}
     for stage in active:
         assert stage.complete, f"{path.name}: stage {stage.name} not committed in {stage.directory}"
-        for name in EXPECTED_FILES[stage.name]:
+        expected = EXPECTED_FILES[stage.name] + PROTOCOL_FILES[crossfit].get(stage.name, [])
+        if stage.name == "steering" and recipe.steering.load is not None:
+            expected = ["steering.json", "intervention/intervention_config.json"]
+        for name in expected:
             assert (stage.directory / name).is_file(), f"{path.name}: {stage.name} wrote no {name}"
     info = json.loads((plan.stages["model"].directory / "model.json").read_text())
     assert info["num_hidden_layers"] == LAYERS and info["model_type"].startswith(family(model_name)[0])
     assert (plan.run_dir / "recipe.yaml").is_file()
 
+    # every evaluated language and variant has rows (nothing silently dropped), and per-item records back them
     results = json.loads((plan.stages["evaluate"].directory / "results.json").read_text())
     assert results["plane"], f"{path.name}: no plane rows"
-    rows = results["metrics"]
-    for language in recipe.evaluate.languages:  # no language silently dropped
-        assert any(r.get("language") == language for r in rows), f"{path.name}: no metrics for {language}"
+    rows = results["plane"] if crossfit else results["metrics"]
+    for language in recipe.evaluate.languages:
+        assert any(r.get("language") == language for r in rows), f"{path.name}: no rows for {language}"
     for variant in recipe.evaluate.variants:
-        assert any(r.get("variant") == variant for r in rows), f"{path.name}: no metrics for {variant}"
-    predictions = (plan.stages["evaluate"].directory / "predictions.jsonl").read_text().splitlines()
-    assert predictions and "NaN" not in "\n".join(predictions)
+        assert any(r.get("variant") == variant for r in rows), f"{path.name}: no rows for {variant}"
+    if crossfit:
+        outcomes = _jsonl(plan.stages["steering"].directory / "outcomes.jsonl")
+        assert {o["language"] for o in outcomes} == {x for x in recipe.evaluate.languages if x != "en"}
+    else:
+        assert _jsonl(plan.stages["evaluate"].directory / "predictions.jsonl")
 
     if recipe.report.enabled:
         report_dir = plan.stages["report"].directory
@@ -181,10 +230,11 @@ def test_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_model_dirs, h
         languages = [x for x in recipe.evaluate.languages if x != "en"]
         kinds = [w for w in ("en", "loc") if getattr(recipe.steering, w).enabled]
         assert len(selection) == len(languages) * len(kinds)
-        assert all(0 <= s["layer"] < LAYERS for s in selection.values())
+        for name, s in selection.items():  # a vector that gains nothing is kept unsteered: layer None
+            assert (s["layer"] is None and not s.get("steered", True)) or 0 <= s["layer"] < LAYERS, (name, s)
     if recipe.experts.enabled:
         experts_dir = plan.stages["experts"].directory
-        for language in recipe.experts.languages or []:
+        for language in plan.stages["experts"].config["languages"]:
             directory = experts_dir / language / f"experts_k{recipe.experts.k}"
             assert (directory / "intervention_config.json").is_file(), f"{path.name}: no experts for {language}"
 
