@@ -24,6 +24,11 @@ def base_recipe() -> dict:
     return yaml.safe_load(SURGICAL.read_text())
 
 
+FIXED = ["steering.en.layer=6", "steering.en.alpha=1", "steering.loc.layer=12", "steering.loc.alpha=1",
+         "evaluate.variants=[base, cla, cla+en, cla+loc, cla+surgical]"]
+"""Overrides that turn the shipped surgical recipe (cross-validated ``auto``) into the fixed-layer/alpha path."""
+
+
 def write(tmp_path: Path, data, name: str = "recipe.yaml") -> Path:
     path = tmp_path / name
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
@@ -88,8 +93,11 @@ CATALOGUE = [
     ("negative-lr", patched(**{"alignment.learning_rate": -1e-4}), [], "alignment.learning_rate"),
     ("midalign-batch-1", patched(**{"alignment.method": "midalign", "alignment.batch_size": 1}), [],
      "alignment.batch_size"),
-    ("nan-coefficient", "steering:\n  en:\n    coefficient: .nan\n", [], "steering.en.coefficient"),
-    ("zero-coefficient", patched(**{"steering.en.coefficient": 0}), [], "steering.en.coefficient"),
+    ("nan-alpha", "steering:\n  en:\n    alpha: .nan\n", [], "steering.en.alpha"),
+    ("zero-alpha", patched(**{"steering.en.alpha": 0}), [], "steering.en.alpha: alpha 0 is the unsteered model"),
+    ("old-coefficient-key", patched(**{"steering.en.coefficient": 4}), [],
+     "steering.en.coefficient: unknown key; valid keys: enabled, layer, alpha"),
+    ("old-coefficients-grid", patched(**{"steering.coefficients": [1.0, 2.0]}), [], "steering.coefficients: unknown key"),
     ("unknown-dtype", patched(**{"model.dtype": "float8"}), [], "model.dtype"),
     ("yaml-bool-key", "steering:\n  on: base\n", [], "steering.True: keys must be strings"),
     ("empty-tasks", patched(**{"evaluate.tasks": []}), [], "evaluate.tasks"),
@@ -163,20 +171,27 @@ def test_dry_run_imports_no_torch():
 
 
 def test_overrides_coerce_types():
-    r = load_recipe("surgical", ["steering.loc.layer=14", "steering.coefficients=[1, 2]", "evaluate.n=null",
+    r = load_recipe("surgical", ["steering.layers=[6, 14]", "steering.alphas=[1, 2]", "evaluate.n=null",
                                  "publish.private=false", "alignment.learning_rate=1e-4", "model.revision=main",
-                                 "evaluate.languages=[ko]"])
-    assert r.steering.loc.layer == 14 and isinstance(r.steering.loc.layer, int)
-    assert r.steering.coefficients == [1.0, 2.0] and all(isinstance(c, float) for c in r.steering.coefficients)
+                                 "evaluate.languages=[ko]", "steering.selection.tolerance=0",
+                                 "steering.selection.max_kl=0.5", "evaluate.n_localization=7"])
+    assert r.steering.layers == [6, 14] and all(isinstance(x, int) for x in r.steering.layers)
+    assert r.steering.alphas == [1.0, 2.0] and all(isinstance(c, float) for c in r.steering.alphas)
+    assert r.steering.selection.tolerance == 0.0 and isinstance(r.steering.selection.tolerance, float)
+    assert r.steering.selection.max_kl == 0.5 and r.evaluate.n_localization == 7
     assert r.evaluate.n is None and r.publish.private is False
     assert r.alignment.learning_rate == pytest.approx(1e-4) and r.model.revision == "main"
     assert r.evaluate.languages == ["ko"]
+    r = load_recipe("surgical", [*FIXED, "steering.loc.layer=14", "steering.en.alpha=2"])
+    assert r.steering.loc.layer == 14 and isinstance(r.steering.loc.layer, int)
+    assert r.steering.en.alpha == 2.0 and isinstance(r.steering.en.alpha, float)
 
 
 def test_override_creates_missing_section(tmp_path):
     path = write(tmp_path, {"name": "mini", "evaluate": {"variants": ["base"]}})
-    r = load_recipe(path, ["steering.en.layer=3"])
-    assert r.steering.en.layer == 3 and r.name == "mini"
+    r = load_recipe(path, ["steering.en.layer=3", "steering.en.alpha=1", "steering.loc.enabled=false",
+                           "steering.selection.folds=3"])
+    assert r.steering.en.layer == 3 and r.name == "mini" and r.steering.selection.folds == 3
 
 
 def test_bare_name_lookup(tmp_path, monkeypatch):
@@ -209,19 +224,29 @@ def test_hash_stability(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
     assert json.loads(proc.stdout) == base, proc.stderr
-    changed = _hashes(load_recipe("surgical", ["evaluate.n=10"]))
-    assert [k for k in base if base[k] != changed[k]] == ["evaluate", "report", "publish"] or \
-        [k for k in base if base[k] != changed[k]] == ["evaluate", "report"]
-    changed = _hashes(load_recipe("surgical", ["steering.loc.layer=14"]))
+    # auto (cross-validated): the steering stage scores the evaluation items, so evaluate.n reaches it
+    changed = _hashes(load_recipe("surgical", ["evaluate.n=12"]))
     assert {k for k in base if base[k] != changed[k]} >= {"steering", "evaluate", "report"}
     assert changed["model"] == base["model"] and changed["alignment"] == base["alignment"]
+    for override in ("steering.layers=[6, 12]", "steering.alphas=[1.0]", "steering.selection.folds=3",
+                     "steering.selection.tolerance=0.1", "evaluate.n_localization=5"):
+        changed = _hashes(load_recipe("surgical", [override]))
+        assert {k for k in base if base[k] != changed[k]} >= {"steering", "evaluate", "report"}, override
+        assert changed["model"] == base["model"] and changed["alignment"] == base["alignment"], override
+    # fixed layer/alpha: evaluate.n only reaches the evaluation
+    fixed = _hashes(load_recipe("surgical", FIXED))
+    changed = _hashes(load_recipe("surgical", [*FIXED, "evaluate.n=12"]))
+    assert {k for k in fixed if fixed[k] != changed[k]} - {"publish"} == {"evaluate", "report"}
+    changed = _hashes(load_recipe("surgical", [*FIXED, "steering.loc.layer=14"]))
+    assert {k for k in fixed if fixed[k] != changed[k]} >= {"steering", "evaluate", "report"}
+    assert changed["model"] == fixed["model"] and changed["alignment"] == fixed["alignment"]
     assert _hashes(load_recipe("surgical", ["seed=1"]))["model"] == base["model"]
     assert _hashes(load_recipe("surgical", ["seed=1"]))["evaluate"] != base["evaluate"]
     assert content_hash({"a": 1, "b": [1.0, "x"]}) == content_hash({"b": [1.0, "x"], "a": 1})
 
 
 def test_layer_check_deferred_for_unknown_models():
-    r = load_recipe("surgical", ["model.name=someorg/uncached-model", "model.device=null",
+    r = load_recipe("surgical", ["model.name=someorg/uncached-model", "model.device=null", *FIXED,
                                  "steering.loc.layer=40"])  # unknown depth offline: accepted now ...
     with pytest.raises(RecipeError) as err:  # ... and refused at load time with the same message
         check_layers(r, 18)
@@ -240,8 +265,9 @@ def test_local_model_dir_config_is_read(tmp_path):
 
 
 def _mini(tmp_path) -> Path:
-    return write(tmp_path, {"name": "mini", "alignment": {"method": "none"}, "steering": {"en": {"layer": 3},
-                 "loc": {"layer": 9}}, "evaluate": {"variants": ["base", "base+surgical"], "n": 2}})
+    return write(tmp_path, {"name": "mini", "alignment": {"method": "none"},
+                            "steering": {"en": {"layer": 3, "alpha": 2.0}, "loc": {"layer": 9, "alpha": 2.0}},
+                            "evaluate": {"variants": ["base", "base+surgical"], "n": 2}})
 
 
 @pytest.fixture
@@ -435,8 +461,9 @@ def test_deferred_layer_check_at_load_time(tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(model_dir)
     monkeypatch.setattr(validate, "model_shape", lambda name, revision=None: None)  # as if uncached
-    recipe = write(tmp_path, {"model": {"name": str(model_dir)}, "steering": {"en": {"layer": 9}},
-                              "alignment": {"method": "none"}, "evaluate": {"variants": ["base+en"]}})
+    recipe = write(tmp_path, {"model": {"name": str(model_dir)}, "alignment": {"method": "none"},
+                              "steering": {"en": {"layer": 9, "alpha": 1.0}, "loc": {"enabled": False}},
+                              "evaluate": {"variants": ["base+en"]}})
     out = tmp_path / "run"
     assert main([str(recipe), "--out", str(out), "--dry-run"]) == 0
     capsys.readouterr()
@@ -451,7 +478,7 @@ def test_deferred_layer_check_at_load_time(tmp_path, monkeypatch, capsys):
 def test_model_stage_on_gemma(gemma, tmp_path):
     from recipes.stages import RunContext, run_model
 
-    recipe = load_recipe("surgical", ["steering.loc.layer=14"])
+    recipe = load_recipe("surgical", [*FIXED, "steering.loc.layer=14"])
     plan = make_plan(recipe, tmp_path)
     ctx = RunContext(recipe, plan)
     ctx._model, ctx._tokenizer = gemma
@@ -511,14 +538,14 @@ def test_schema_names_match_the_libraries():
 
 @pytest.mark.gemma
 def test_steering_stage_fixed_layers_on_gemma(gemma, tmp_path):
-    """Fixed layer + coefficient: EN and LOC vectors computed and saved as an intervention directory."""
+    """Fixed layer + alpha: EN and LOC vectors computed and saved as an intervention directory (mean difference:
+    the coefficient is alpha, multiples of the estimated difference)."""
     from interventions.config import InterventionConfig
 
     from recipes.stages import RunContext, run_steering
 
-    recipe = load_recipe("surgical", ["evaluate.languages=[ko]", "steering.en.layer=6", "steering.en.coefficient=4",
-                                      "steering.loc.layer=12", "steering.loc.coefficient=6", "steering.en.n=4",
-                                      "steering.loc.n=4"])
+    recipe = load_recipe("surgical", [*FIXED, "evaluate.languages=[ko]", "steering.en.alpha=4",
+                                      "steering.loc.alpha=6", "steering.en.n=4", "steering.loc.n=4"])
     plan = make_plan(recipe, tmp_path / "run")
     ctx = RunContext(recipe, plan)
     ctx._model, ctx._tokenizer = gemma
@@ -526,6 +553,8 @@ def test_steering_stage_fixed_layers_on_gemma(gemma, tmp_path):
     with StageWriter(stage) as out:
         result = run_steering(ctx, stage, out)
     assert set(result["selection"]) == {"en_transfer_ko", "loc_ko"}
+    assert {k: (v["layer"], v["alpha"], v["steered"]) for k, v in result["selection"].items()} == {
+        "en_transfer_ko": (6, 4.0, True), "loc_ko": (12, 6.0, True)}
     config = InterventionConfig.from_pretrained(stage.directory / "intervention", model=gemma[0])
     layers = {iv.name: (iv.layer, iv.coefficient) for iv in config.interventions}
     assert layers == {"en_transfer_ko": (6, 4.0), "loc_ko": (12, 6.0)}
