@@ -236,7 +236,8 @@ def _check_selection(recipe: Recipe) -> None:
 
 def _check_load_conflicts(recipe: Recipe) -> None:
     """With ``steering.load`` every other steering field is ignored: refuse any that differs from its default."""
-    default = dataclasses.asdict(recipe_from_dict({}).steering)
+    # the defaults of a recipe evaluating the same tasks (steering.loc.data defaults to their localization tasks)
+    default = dataclasses.asdict(recipe_from_dict({"evaluate": {"tasks": list(recipe.evaluate.tasks)}}).steering)
     given = dataclasses.asdict(recipe.steering)
     for key, value in given.items():
         pairs = value.items() if isinstance(value, dict) else [(None, value)]
