@@ -32,9 +32,16 @@ def patched(**dotted) -> dict:
 
 
 def plane(**dotted) -> dict:
-    """A small no-adapter recipe (base and base+steering variants) with dotted keys replaced."""
+    """A small no-adapter recipe (base and base+steering variants, layer/alpha auto: the cross-validated
+    protocol) with dotted keys replaced."""
     return patched(**{"alignment.method": "none", "evaluate.variants": ["base", "base+en", "base+loc"],
                       **dotted})
+
+
+def fixed(**dotted) -> dict:
+    """``plane`` with every layer and alpha fixed (no cross-validation)."""
+    return plane(**{"steering.en.layer": 4, "steering.en.alpha": 1.0, "steering.loc.layer": 9,
+                    "steering.loc.alpha": 1.0, **dotted})
 
 
 # ---------------------------------------------------------------- directories the recipe points at
@@ -115,9 +122,9 @@ CATALOGUE = [
                                                "evaluate.variants": ["base", "base+loc"]}), [],
      "evaluate.languages[0]: no LOC contrast data in 'el'"),
     ("en-auto-without-transfer-task", plane(**{"evaluate.tasks": ["blend"]}), [],
-     'steering.en.layer: "auto" selects on the extract items of the transfer tasks'),
+     'steering.en.layer: "auto" selects on the items of the transfer tasks'),
     ("loc-auto-without-localization-task", plane(**{"evaluate.tasks": ["fact_probe"], "steering.loc.layer": 9}), [],
-     'steering.loc.coefficient: "auto" selects on the extract items of the localization tasks'),
+     'steering.loc.alpha: "auto" selects on the items of the localization tasks'),
     ("set-language-a-task-lacks", plane(), ["--set", "evaluate.languages=[ko, el]"],
      "evaluate.languages[1]: task fact_probe has no items in 'el'"),
     # 2. options the runtime cannot honour are not in the schema
@@ -223,12 +230,73 @@ CATALOGUE = [
      "steering.layers: ignored when steering.load is set"),
     ("load-with-en-layer", load(intervention_dir), ["--set", "steering.en.layer=6"],
      "steering.en.layer: ignored when steering.load is set"),
-    ("load-with-coefficients", load(intervention_dir), ["--set", "steering.coefficients=[2.0]"],
-     "steering.coefficients: ignored"),
+    ("load-with-alphas", load(intervention_dir), ["--set", "steering.alphas=[2.0]"],
+     "steering.alphas: ignored when steering.load is set"),
+    ("load-with-selection", load(intervention_dir), ["--set", "steering.selection.folds=3"],
+     "steering.selection.folds: ignored when steering.load is set"),
+    ("load-with-old-coefficients", load(intervention_dir), ["--set", "steering.coefficients=[2.0]"],
+     "steering.coefficients: unknown key"),
     ("split-extract-with-auto", plane(**{"evaluate.split": "extract"}), [],
-     "evaluate.split: 'extract' includes the extract items that steering.en.layer: auto is selected on"),
-    ("split-all-with-auto", plane(**{"evaluate.split": "all", "steering.en.layer": 4}), [],
-     "evaluate.split: 'all' includes the extract items that steering.en.coefficient: auto"),
+     "evaluate.split: 'extract': with auto selection every item of every split goes through the folds"),
+    ("split-all-with-auto", plane(**{"evaluate.split": "all"}), [], "evaluate.split: 'all': with auto selection"),
+    # 10. the cross-validated protocol (layer/alpha auto): its grid, its folds, and what it can estimate
+    ("alpha-zero-in-grid", plane(**{"steering.alphas": [0.0, 1.0]}), [],
+     "steering.alphas[0]: expected a positive multiple of the mean difference (alpha 0, the unsteered model, is "
+     "always a candidate), got 0.0"),
+    ("alpha-negative-in-grid", plane(**{"steering.alphas": [1.0, -2.0]}), [], "steering.alphas[1]: expected a positive"),
+    ("alpha-duplicate-in-grid", plane(**{"steering.alphas": [1.0, 2.0, 1.0]}), [], "steering.alphas: duplicate entries"),
+    ("alpha-grid-empty", plane(**{"steering.alphas": []}), [], "steering.alphas: expected a non-empty strength grid"),
+    ("alpha-grid-not-numbers", plane(**{"steering.alphas": ["big"]}), [], "steering.alphas[0]"),
+    ("alpha-fixed-zero", fixed(**{"steering.loc.alpha": 0}), [], "steering.loc.alpha: alpha 0 is the unsteered model"),
+    ("alpha-nan", "steering:\n  loc:\n    alpha: .nan\n", [], "steering.loc.alpha"),
+    ("layer-grid-empty", plane(**{"steering.layers": []}), [], 'steering.layers: steering.en.layer is "auto": expected'),
+    ("one-fold", plane(**{"steering.selection.folds": 1}), [], "steering.selection.folds: expected at least 2 folds, got 1"),
+    ("folds-not-an-int", plane(**{"steering.selection.folds": 2.5}), [], "steering.selection.folds"),
+    ("neutral-n-below-folds", plane(**{"steering.selection.folds": 5, "steering.selection.neutral_n": 3}), [],
+     "steering.selection.neutral_n: expected at least one neutral sentence per fold (5), got 3"),
+    ("max-kl-zero", plane(**{"steering.selection.max_kl": 0}), [], "steering.selection.max_kl: expected a positive"),
+    ("max-kl-negative", plane(**{"steering.selection.max_kl": -0.5}), [], "steering.selection.max_kl"),
+    ("tolerance-negative", plane(**{"steering.selection.tolerance": -0.1}), [],
+     "steering.selection.tolerance: expected a non-negative number, got -0.1"),
+    ("selection-unknown-key", plane(**{"steering.selection.n_select": 8}), [], "steering.selection.n_select: unknown"),
+    ("old-n-select", plane(**{"steering.n_select": 8}), [], "steering.n_select: unknown key"),
+    ("old-tolerance", plane(**{"steering.tolerance": 0.01}), [], "steering.tolerance: unknown key"),
+    ("auto-with-loc-disabled", plane(**{"steering.loc.enabled": False, "evaluate.variants": ["base", "base+en"]}), [],
+     "steering.loc.enabled: cross-validated selection (auto) chooses EN and LOC together"),
+    ("auto-with-en-disabled", plane(**{"steering.en.enabled": False, "evaluate.variants": ["base", "base+loc"]}), [],
+     "steering.en.enabled: cross-validated selection (auto) chooses EN and LOC together"),
+    ("auto-mixed-with-fixed-layer", plane(**{"steering.en.layer": 4}), [],
+     "steering.en.layer: auto selection chooses the layer and alpha of both vectors on one grid"),
+    ("auto-mixed-with-fixed-alpha", plane(**{"steering.loc.alpha": 2.0}), [],
+     "steering.loc.alpha: auto selection chooses the layer and alpha of both vectors on one grid"),
+    ("auto-mixed-three-fixed", fixed(**{"steering.loc.alpha": "auto"}), [], "steering.en.layer: auto selection"),
+    ("loc-n-with-auto", plane(**{"steering.loc.n": 16}), [],
+     "steering.loc.n: with auto selection the LOC contrast of each fold is the explicit twins"),
+    ("loc-data-not-the-evaluated-tasks", plane(**{"steering.loc.data": ["blend", "locale_probe"]}), [],
+     "steering.loc.data: with auto selection the LOC contrast is the explicit twins of the scored localization "
+     "items: expected ['locale_probe']"),
+    ("loc-data-other-task", plane(**{"steering.loc.data": "blend"}), [], "steering.loc.data: with auto selection"),
+    ("pca-with-auto", plane(**{"steering.method": "pca"}), [],
+     "steering.method: auto selection estimates mean-difference vectors per fold"),
+    ("compute-on-cla-with-auto", patched(**{"steering.compute_on": "cla"}), [],
+     "steering.compute_on: with auto selection every evaluated model (base, cla) gets its own vectors"),
+    ("n-localization-zero", plane(**{"evaluate.n_localization": 0}), [], "evaluate.n_localization: expected a positive"),
+    ("random-en-without-auto", fixed(**{"evaluate.variants": ["base", "base+random_en"]}), [],
+     "evaluate.variants[1]: 'base+random_en' exists only in the out-of-fold plane"),
+    ("random-loc-without-auto", fixed(**{"evaluate.variants": ["base", "base+en", "base+random_loc"]}), [],
+     "evaluate.variants[2]: 'base+random_loc' exists only in the out-of-fold plane"),
+    ("all-positions-without-auto", fixed(**{"evaluate.variants": ["base", "base+surgical_all_positions"]}), [],
+     "evaluate.variants[1]: 'base+surgical_all_positions' exists only in the out-of-fold plane"),
+    ("cla-random-without-auto", patched(**{"steering.en.layer": 4, "steering.en.alpha": 1.0, "steering.loc.layer": 9,
+                                           "steering.loc.alpha": 1.0}), [],
+     "evaluate.variants[5]: 'cla+random_en' exists only in the out-of-fold plane"),
+    ("random-en-with-loaded-steering", load(intervention_dir), ["--set", "evaluate.variants=[base, base+random_en]"],
+     "evaluate.variants[1]: 'base+random_en' exists only in the out-of-fold plane"),
+    ("experts-without-load", plane(**{"evaluate.variants": ["base", "base+experts"]}), [],
+     "evaluate.variants[1]: 'base+experts' evaluates a loaded experts directory: set steering.load"),
+    ("experts-fixed-without-load", fixed(**{"evaluate.variants": ["base", "base+en", "cla+experts"]}), [],
+     "evaluate.variants[2]: 'cla+experts' needs an adapter"),
+    ("unknown-positions", fixed(**{"steering.en.positions": "first"}), [], "steering.en.positions"),
 ]
 
 
@@ -318,12 +386,16 @@ def test_empty_recipe_validates_with_the_defaults(tmp_path, capsys):
 
 def test_set_on_a_section_merges(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(plane(**{"evaluate.n": 7, "evaluate.tasks": ["fact_probe", "blend"]})))
+    path.write_text(yaml.safe_dump(plane(**{"evaluate.n": 7, "evaluate.tasks": ["fact_probe", "blend"],
+                                           "steering.loc.data": ["blend"]})))
     before = load_recipe(path)
-    r = load_recipe(path, ["evaluate={n: 5}", "steering={en: {layer: 4}}"])
+    r = load_recipe(path, ["evaluate={n: 5}", "steering={selection: {folds: 3}}"])
     assert r.evaluate.n == 5 and r.evaluate.tasks == ["fact_probe", "blend"]  # tasks kept from the file
-    assert r.steering.en.layer == 4 and r.steering.en.n == before.steering.en.n
-    assert r.steering.loc == before.steering.loc and r.steering.layers == before.steering.layers
+    assert r.steering.selection.folds == 3 and r.steering.selection.neutral_n == before.steering.selection.neutral_n
+    assert r.steering.en == before.steering.en and r.steering.loc == before.steering.loc
+    assert r.steering.layers == before.steering.layers and r.steering.alphas == before.steering.alphas
+    r = load_recipe(path, ["steering={en: {layer: 4, alpha: 1}, loc: {layer: 9, alpha: 2}}"])  # the fixed path
+    assert (r.steering.en.layer, r.steering.loc.alpha) == (4, 2.0) and r.steering.en.n == before.steering.en.n
     assert load_recipe(path, ["evaluate.tasks=[blend, fact_probe]"]).evaluate.tasks == ["blend", "fact_probe"]
 
 
@@ -339,3 +411,26 @@ def test_cached_or_online_hub_ids_are_deferred(tmp_path, monkeypatch):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(plane(**{"model.name": "someorg/uncached-model", "model.device": None})))
     assert main([str(path), "--dry-run", "--out", str(tmp_path / "run")]) == 0
+
+
+def test_auto_and_fixed_recipes_are_accepted(tmp_path):
+    """The protocol's own defaults validate: the LOC contrast follows the evaluated localization tasks, positions
+    default to each vector's own, and every refusal above has a valid neighbour."""
+    from recipes.crossfit_stage import uses_crossfit
+    from recipes.schema import recipe_from_dict
+    from recipes.validate import validate_recipe
+
+    empty = validate_recipe(recipe_from_dict({}))
+    assert uses_crossfit(empty) and empty.steering.loc.data == ["blend"] and empty.steering.loc.n is None
+    assert (empty.steering.en.positions, empty.steering.loc.positions) == (None, None)
+    assert empty.steering.selection.folds >= 2 and 0.0 not in empty.steering.alphas
+    auto = validate_recipe(recipe_from_dict(plane(**{"steering.selection.max_kl": 0.5})))
+    assert uses_crossfit(auto) and auto.steering.loc.data in ("locale_probe", ["locale_probe"])
+    both = validate_recipe(recipe_from_dict(plane(**{"evaluate.tasks": ["fact_probe", "locale_probe", "blend"],
+                                                     "steering.loc.data": ["blend", "locale_probe"]})))
+    assert uses_crossfit(both)
+    fixed_recipe = validate_recipe(recipe_from_dict(fixed(**{"steering.loc.n": 16, "steering.method": "pca",
+                                                             "evaluate.split": "all", "steering.alphas": [1.0]})))
+    assert not uses_crossfit(fixed_recipe) and fixed_recipe.steering.loc.n == 16
+    negative = validate_recipe(recipe_from_dict(fixed(**{"steering.en.alpha": -1.0})))  # away from English: allowed
+    assert negative.steering.en.alpha == -1.0
