@@ -11,10 +11,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recipes.crossfit_stage import uses_crossfit
 from recipes.plan import make_plan
 from recipes.schema import Recipe, RecipeError, recipe_from_dict
 from recipes.yaml_io import apply_override, parse_yaml
 from recipes.validate import load_recipe, validate_recipe
+from recipes.variants import Variant
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -31,7 +33,8 @@ def _all_keys(cls=Recipe, prefix="") -> list[str]:
 
 KEYS = _all_keys()
 LEAF_NAMES = sorted({k.rsplit(".", 1)[-1] for k in KEYS})
-WORDS = ["auto", "gemma-3-270m", "ko", "en", "base", "cla+surgical", "blend", "flores", "none", "clo",
+WORDS = ["auto", "gemma-3-270m", "ko", "en", "base", "cla+surgical", "base+random_en", "base+experts", "blend",
+         "locale_probe", "flores", "none", "clo",
          "float32", "block_output", "org/model", "./missing", "", "1e-4", "nan", "on", "~", "a--b", "~nouser/x", "a\x00b", "x.jsonl", "a/b/c"]
 
 scalars = (st.none() | st.booleans() | st.integers(-100, 100) | st.floats(allow_nan=True, allow_infinity=True)
@@ -43,10 +46,12 @@ sections = st.fixed_dictionaries({}, optional={
     "name": scalars, "seed": scalars,
     "model": st.dictionaries(st.sampled_from(["name", "dtype", "device", "device_map", "revision", "x"]), values),
     "alignment": st.dictionaries(st.sampled_from(["method", "adapter", "languages", "max_steps", "n", "lr"]), values),
-    "steering": st.dictionaries(st.sampled_from(["en", "loc", "load", "layers", "coefficients", "tolerance"]),
-                                values | st.dictionaries(st.sampled_from(["layer", "coefficient", "enabled", "data"]),
-                                                         values)),
-    "evaluate": st.dictionaries(st.sampled_from(["tasks", "languages", "variants", "n", "split"]), values),
+    "steering": st.dictionaries(st.sampled_from(["en", "loc", "load", "layers", "alphas", "selection"]),
+                                values | st.dictionaries(st.sampled_from(["layer", "alpha", "enabled", "data", "n",
+                                                                          "folds", "tolerance", "max_kl",
+                                                                          "neutral_n"]), values)),
+    "evaluate": st.dictionaries(st.sampled_from(["tasks", "languages", "variants", "n", "n_localization", "split"]),
+                                values),
     "publish": st.dictionaries(st.sampled_from(["enabled", "repo_id", "push", "token"]), values),
 })
 
@@ -58,9 +63,29 @@ def _parse(data):
         assert err.field and err.message
         return None
     assert isinstance(recipe, Recipe)
+    _protocol_invariants(recipe)
     plan = make_plan(recipe, Path("runs") / recipe.name)  # a valid recipe always hashes and describes
     assert plan.describe() and all(len(st.hash) == 64 for st in plan)
     return recipe
+
+
+def _protocol_invariants(recipe: Recipe) -> None:
+    """What validation promises the cross-validated protocol (recipes.crossfit_stage) and the fixed path."""
+    s, e = recipe.steering, recipe.evaluate
+    if uses_crossfit(recipe):
+        assert s.en.enabled and s.loc.enabled and s.load is None
+        assert {s.en.layer, s.en.alpha, s.loc.layer, s.loc.alpha} == {"auto"}
+        assert s.loc.n is None and e.split == "test" and s.method == "mean_difference" and s.compute_on == "base"
+        assert sorted([s.loc.data] if isinstance(s.loc.data, str) else s.loc.data) == sorted(
+            t for t in e.tasks if t in ("blend", "locale_probe"))
+        assert s.selection.folds >= 2 and s.selection.neutral_n >= s.selection.folds
+        assert s.alphas and all(a > 0 for a in s.alphas) and len(set(s.alphas)) == len(s.alphas)
+    else:
+        assert not any(Variant.parse(v).crossfit_only for v in e.variants)
+        for which in ("en", "loc"):
+            vec = getattr(s, which)
+            if s.load is None and vec.enabled:
+                assert vec.alpha != 0 and "auto" not in (vec.layer, vec.alpha)
 
 
 @SETTINGS
