@@ -3,12 +3,13 @@
 Each file in ``recipes/configs/`` (found with ``recipes.validate.shipped_recipes()``, so a new shipped recipe is
 covered without editing this file) is run through ``recipes.run.main`` with ``model.name`` swapped for a tiny
 random model of the same architecture (gemma3 / qwen2 / llama, built in code and saved with ``save_pretrained``)
-over a tokenizer of the same family: the real gemma-3 tokenizer (read from the bundled GGUF's metadata, no
-weights), the real Qwen2.5 tokenizer (``tests/data/qwen2.5-tokenizer``), and for Llama a byte-level BPE trained
+over a tokenizer of the same family: the real gemma-3 tokenizer (from the converted cache when present, else
+read from the bundled GGUF's metadata; no weights are loaded), the real Qwen2.5 tokenizer (``tests/data/qwen2.5-tokenizer``), and for Llama a byte-level BPE trained
 here on FLORES sentences (Llama-3's tokenizer is not bundled). Everything else in the recipe stays as shipped
 (dtype, device / device_map, tasks, languages, variants, methods) except sizes: layer grids are remapped to the
-tiny depth and n / steps are made tiny. Every stage the recipe enables runs; ``publish`` runs up to the upload
-calls, which are recorded instead of sent.
+tiny depth, the strength grid cut to two values, and n / steps / folds made tiny. Every stage the recipe enables
+runs, and ``publish`` (switched on for every recipe whose publish section lists what it would push) runs up to the
+upload calls, which are recorded instead of sent (the uploaded folders must hold no symlink).
 
 The three GPU recipes keep ``dtype: bfloat16`` and ``device_map: auto``, so bf16 + accelerate's device map are
 exercised here on CPU; ``test_bf16_device_map_auto_load_steer_score`` checks the same path piece by piece.
@@ -172,17 +173,7 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _takes_over_30_s(path: Path) -> bool:
-    """A recipe that trains an adapter or computes steering vectors takes 30-60 s here (2 cores; mostly the
-    sweep/plane plots and task loading); an experts-only one about 10 s."""
-    data = read_recipe_data(path)
-    steering = data.get("steering") or {}
-    return ((data.get("alignment") or {}).get("method", "none") != "none"
-            or any((steering.get(w) or {}).get("enabled", True) for w in ("en", "loc")))
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if _takes_over_30_s(p) else [])
-                                  for p in SHIPPED])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])  # 10-40 s each on 2 shared cores
 def test_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_model_dirs, hub_calls, tmp_path, capsys):
     model_name = read_recipe_data(path)["model"]["name"]
     sets = tiny_overrides(path, tiny_model_dirs(model_name))
