@@ -22,8 +22,8 @@ from recipes.validate import load_recipe
 
 def _mini(tmp_path: Path) -> Path:
     path = tmp_path / "mini.yaml"
-    path.write_text(yaml.safe_dump({"name": "mini", "steering": {"en": {"layer": 3, "coefficient": 2.0},
-                                                                 "loc": {"layer": 9, "coefficient": 2.0}},
+    path.write_text(yaml.safe_dump({"name": "mini", "steering": {"en": {"layer": 3, "alpha": 2.0},
+                                                                 "loc": {"layer": 9, "alpha": 2.0}},
                                     "evaluate": {"variants": ["base", "base+surgical"], "n": 2}}))
     return path
 
