@@ -9,7 +9,11 @@ From the steering stage's saved all-layer vectors (``vectors/``, :mod:`intervent
 writes, for every language with both an EN-transfer and a LOC vector, ``vector_cosines.csv/.png``:
 cos(v_EN[l], v_LOC[l]) at every layer against the 95% quantile of |cos| between random Gaussian
 directions of the same dimension; and ``selected_cosines.csv``: the cosines at the layers the
-steering stage selected (EN's layer, LOC's layer, and the two applied directions against each other).
+steering stage applied (``steering.json``: the recipe's fixed layers, or with ``auto`` each vector's modal
+cross-validated choice; an unsteered choice has no layer): EN's layer, LOC's layer, and the two applied
+directions against each other. With ``auto`` the saved vectors are those of the protocol's primary run
+(``cla`` when evaluated, recorded as ``vectors_model``), and the steering stage's ``cosines.json`` holds
+the pre-registered sign-flip test of the same cosines.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ logger = logging.getLogger(__name__)
 QUANTILE = 0.95
 
 
-def _selected(steering: Path | None) -> dict:
+def _steering_info(steering: Path | None) -> dict:
     if steering is None or not (steering / "steering.json").is_file():
         return {}
-    return json.loads((steering / "steering.json").read_text(encoding="utf-8")).get("selection") or {}
+    return json.loads((steering / "steering.json").read_text(encoding="utf-8"))
 
 
 def vector_cosine_rows(vectors: dict, selection: dict, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -47,7 +51,7 @@ def vector_cosine_rows(vectors: dict, selection: dict, seed: int = 0) -> tuple[l
             r["layer"] = v_en.layers[r["layer"]]
         per_layer += [{"language": lang, **r} for r in rows]
         baseline = random_cosine_baseline(v_en.vectors.shape[1], quantile=QUANTILE, seed=seed)
-        # a selection with layer None is unsteered (the sweep found no gain): no applied direction there
+        # a selection with layer None is unsteered (no cell gained on its selection data): no applied direction
         sel_en, sel_loc = ((sel if sel and sel.get("layer") is not None else None)
                            for sel in (selection.get(f"en_transfer_{lang}"), selection.get(f"loc_{lang}")))
         pairs = []
@@ -89,12 +93,15 @@ def run_analysis(ctx, stage, out: Path) -> dict:
     steering = ctx.output("steering")
     vectors_dir = steering / "vectors" if steering is not None else None
     cosines, selected, note = [], [], None
+    info = _steering_info(steering)
+    vectors_model = info.get("primary_run") or ctx.recipe.steering.compute_on
     if vectors_dir is None or not vectors_dir.is_dir():
         note = "no saved steering vectors (steering stage off or loaded from a directory): cosines not measured"
     else:
         from interventions.vector_io import load_vectors
 
-        cosines, selected = vector_cosine_rows(load_vectors(vectors_dir), _selected(steering), ctx.recipe.seed)
+        cosines, selected = vector_cosine_rows(load_vectors(vectors_dir), info.get("selection") or {},
+                                               ctx.recipe.seed)
         if not cosines:
             note = "the steering stage saved no EN + LOC pair for any language: cosines not measured"
     if cosines:
@@ -110,6 +117,7 @@ def run_analysis(ctx, stage, out: Path) -> dict:
         logger.warning("analysis: %s", note)
     summary = {"languages": langs, "n": an.n, "split": "devtest", "model": "base (no adapter)",
                "separation": separation, "retrieval": retrieval, "vector_cosines": cosines,
+               "vectors_model": vectors_model if cosines else None,
                "selected_cosines": selected, "note": note, "files": files}
     (out / "analysis.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return {"files": files, "note": note}

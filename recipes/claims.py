@@ -1,16 +1,13 @@
-"""Verdicts on the seed paper's claims, computed from a run's data (never written by hand).
+"""Verdicts on the seed paper's claims for a run with FIXED layers and alphas, computed from its files.
 
-Each claim gets ``verdict`` in {"true", "false", "inconclusive", "not measured"}, the numbers it rests
-on, and whether those numbers are above chance / noise:
+A recipe with ``layer``/``alpha`` ``auto`` runs the cross-fitted protocol instead, whose report carries the
+pre-registered, Holm-corrected tests (:mod:`evaluate.crossfit_stats`, :mod:`recipes.crossfit_stage`); this
+module is not called there. Each claim gets ``verdict`` in {"true", "false", "inconclusive", "not measured"},
+the numbers it rests on, and whether those numbers are above chance / noise:
 
-* **(b) layers** -- EN steering works best at middle depth, LOC deeper. Per language: the selected
-  layers (``steering.json``) and, from the sweep, the layer of the largest gain of each vector
-  (``transfer_gain`` for EN, ``localization_gain`` for LOC). A gain counts as above noise when it
-  exceeds ``1.96 * sqrt(2 p (1 - p) / n)`` (p: the unsteered score, n: the sweep's items; the 95%
-  band of a difference of two proportions on n items). Per language "true" when EN's best layer is
-  below LOC's with both gains above noise, "false" when it is not (both above noise), else
-  "inconclusive".
-* **(c) near-orthogonality** -- |cos(v_EN, v_LOC)| at the selected layers (the analysis stage's
+* **(b) layers** -- EN steering works best at middle depth, LOC deeper: "not measured" here (the layers are
+  the recipe's input); the applied layers and alphas (``steering.json``) are listed.
+* **(c) near-orthogonality** -- |cos(v_EN, v_LOC)| at the applied layers (the analysis stage's
   ``selected_cosines``) against the 95% quantile of |cos| between random directions of that dimension.
 * **(d) surgical** -- the surgical variant against its reference (``base+surgical`` vs ``base``,
   ``cla+surgical`` vs ``cla``) on the plane: "true" only when localization rises significantly
@@ -32,8 +29,8 @@ import math
 from pathlib import Path
 from statistics import NormalDist
 
-ALPHA = 0.05
-Z95 = 1.959963984540054
+LEVEL = 0.05
+"""Significance level of every verdict (alpha, in this module, is the steering strength)."""
 _N = NormalDist()
 
 
@@ -72,10 +69,7 @@ def overall(verdicts: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- (b) layers
 
-def _noise(base: float | None, n: int | None) -> float | None:
-    if base is None or not n:
-        return None
-    return Z95 * math.sqrt(max(2 * base * (1 - base), 1.0 / n) / n)
+LAYERS_CLAIM = "EN steering best at middle depth, LOC deeper"
 
 
 def _kind_language(name: str, entry: dict) -> tuple[str | None, str | None]:
@@ -83,65 +77,30 @@ def _kind_language(name: str, entry: dict) -> tuple[str | None, str | None]:
     return kind, entry.get("language") or name.rsplit("_", 1)[-1]
 
 
-def best_sweep_rows(sweep: list[dict]) -> dict[str, dict]:
-    """Per vector: the sweep row with the largest gain on its own axis (ties: smaller |coefficient|, earlier layer)."""
-    best = {}
-    for r in sweep:
-        gain = "transfer_gain" if r["vector"].startswith("en") else "localization_gain"
-        if r.get(gain) is None:
-            continue
-        key = (r[gain], -abs(r["coefficient"]), -r["layer"])
-        cur = best.get(r["vector"])
-        if cur is None or key > cur[0]:
-            best[r["vector"]] = (key, r)
-    return {k: v[1] for k, v in best.items()}
+def claim_layers(selection: dict, num_layers: int | None) -> dict:
+    """Claim (b) is not measured by a fixed-layer run: its layers are the recipe's input, not a finding.
 
-
-def claim_layers(selection: dict, sweep: list[dict], num_layers: int | None) -> dict:
-    best = best_sweep_rows(sweep)
+    The applied layers (``steering.json``'s selection) are listed; the test of the claim is the cross-validated
+    protocol's pre-registered ``depth_order`` (layer and alpha ``auto``, :mod:`evaluate.crossfit_stats`).
+    """
     per: dict[str, dict] = {}
     for name, entry in selection.items():
         kind, lang = _kind_language(name, entry)
         if kind is None:
             continue
         cell = per.setdefault(lang, {"language": lang})
-        cell[f"{kind}_selected_layer"] = entry["layer"]
-        cell[f"{kind}_selected_how"] = entry.get("selected", "")
-        row = best.get(name)
-        if row is not None:
-            gain_key, base_key, n_key = (("transfer_gain", "base_transfer_score", "n_transfer_items") if kind == "en"
-                                         else ("localization_gain", "base_localization_score", "n_localization_items"))
-            noise = _noise(row.get(base_key), row.get(n_key))
-            cell.update({f"{kind}_best_layer": row["layer"], f"{kind}_best_coefficient": row["coefficient"],
-                         f"{kind}_best_gain": row[gain_key], f"{kind}_noise": noise,
-                         f"{kind}_above_noise": noise is not None and row[gain_key] > noise})
-    rows = []
-    for lang, c in sorted(per.items()):
-        if c.get("en_selected_layer") is not None and c.get("loc_selected_layer") is not None:  # None: unsteered
-            c["selected_en_below_loc"] = c["en_selected_layer"] < c["loc_selected_layer"]
-        if "en_best_layer" in c and "loc_best_layer" in c:
-            c["sweep_en_below_loc"] = c["en_best_layer"] < c["loc_best_layer"]
-            if c["en_above_noise"] and c["loc_above_noise"]:
-                c["verdict"] = "true" if c["sweep_en_below_loc"] else "false"
-            else:
-                c["verdict"] = "inconclusive"
-        else:
-            c["verdict"] = "not measured"
-        rows.append(c)
-    verdicts = [r["verdict"] for r in rows]
-    if not rows or all(v == "not measured" for v in verdicts):
-        return {"claim": "EN steering best at middle depth, LOC deeper", "verdict": "not measured", "languages": rows,
-                "why": "no sweep of both vectors (layer/coefficient fixed in the recipe, or a vector disabled)"}
-    out = {"claim": "EN steering best at middle depth, LOC deeper", "verdict": overall(verdicts), "languages": rows,
-           "counts": {v: verdicts.count(v) for v in ("true", "false", "inconclusive")}, "num_layers": num_layers,
-           "selected_en_below_loc": sum(bool(r.get("selected_en_below_loc")) for r in rows)}
-    en_layers = [r["en_best_layer"] for r in rows if "en_best_layer" in r]
-    loc_layers = [r["loc_best_layer"] for r in rows if "loc_best_layer" in r]
-    out["mean_en_best_layer"] = sum(en_layers) / len(en_layers) if en_layers else None
-    out["mean_loc_best_layer"] = sum(loc_layers) / len(loc_layers) if loc_layers else None
-    grid = sorted({r["layer"] for r in sweep})
-    out["layer_grid"] = grid
-    return out
+        cell[f"{kind}_layer"] = entry.get("layer")
+        cell[f"{kind}_alpha"] = entry.get("alpha")
+        cell[f"{kind}_how"] = entry.get("selected", "")
+    rows = [per[lang] for lang in sorted(per)]
+    for r in rows:
+        if r.get("en_layer") is not None and r.get("loc_layer") is not None:
+            r["en_below_loc"] = r["en_layer"] < r["loc_layer"]
+    why = ("layers fixed in the recipe (an input, not a finding); set every layer and alpha to auto for the "
+           "cross-validated protocol and its pre-registered depth_order test" if rows else
+           "no computed EN/LOC selection (steering loaded from a directory, or a vector disabled)")
+    return {"claim": LAYERS_CLAIM, "verdict": "not measured", "why": why, "languages": rows,
+            "num_layers": num_layers}
 
 
 # ----------------------------------------------------------------------------- (c) cosines
@@ -204,9 +163,9 @@ def _pooled(cells: list[dict]) -> dict | None:
 def _surgical_verdict(loc: dict | None, tr: dict | None) -> str:
     if loc is None or loc.get("p") is None:
         return "inconclusive"
-    loc_up = loc["diff"] > 0 and loc["p"] < ALPHA
-    loc_down = loc["diff"] < 0 and loc["p"] < ALPHA
-    tr_down = tr is not None and tr.get("p") is not None and tr["diff"] < 0 and tr["p"] < ALPHA
+    loc_up = loc["diff"] > 0 and loc["p"] < LEVEL
+    loc_down = loc["diff"] < 0 and loc["p"] < LEVEL
+    tr_down = tr is not None and tr.get("p") is not None and tr["diff"] < 0 and tr["p"] < LEVEL
     if loc_down or tr_down:
         return "false"
     return "true" if loc_up else "inconclusive"
@@ -255,7 +214,7 @@ def claim_erasure(results: dict) -> list[dict]:
         pooled = _pooled(cells)
         if pooled is None or not (ref == first):
             verdict = "inconclusive" if cells else "not measured"
-        elif pooled["p"] < ALPHA:
+        elif pooled["p"] < LEVEL:
             verdict = "true" if pooled["diff"] > 0 else "false"
         else:
             verdict = "inconclusive"
@@ -276,10 +235,9 @@ def _read_json(path: Path | None):
 def measure_claims(results: dict, steering_dir: Path | None, analysis_dir: Path | None,
                    num_layers: int | None = None) -> dict:
     steering = _read_json(steering_dir / "steering.json") if steering_dir else None
-    sweep = _read_json(steering_dir / "sweep.json") if steering_dir else None
     analysis = _read_json(analysis_dir / "analysis.json") if analysis_dir else None
-    return {"alpha": ALPHA,
-            "layers": claim_layers((steering or {}).get("selection") or {}, sweep or [], num_layers),
+    return {"level": LEVEL,
+            "layers": claim_layers((steering or {}).get("selection") or {}, num_layers),
             "orthogonality": claim_orthogonality(analysis),
             "surgical": claim_surgical(results),
             "erasure": claim_erasure(results)}
@@ -295,29 +253,17 @@ def _cell(c: dict | None) -> str:
 
 def render_claims(claims: dict) -> str:
     out = ["## Claims as measured", "",
-           f"Computed by `recipes.claims` from this run's files; significance at alpha={claims['alpha']} "
+           f"Computed by `recipes.claims` from this run's files; significance level {claims['level']} "
            "(paired exact McNemar per language; Stouffer-combined across languages).", ""]
     b = claims["layers"]
-    out += [f"### (b) {b['claim']}: **{b['verdict']}**", ""]
-    if b["verdict"] == "not measured":
-        out += [b["why"] + ".", ""]
-    else:
-        out += [f"Sweep layer grid {b['layer_grid']} of {b.get('num_layers') or '?'} layers; mean layer of the "
-                f"largest gain: EN {_fmt(b['mean_en_best_layer'], 1)}, LOC {_fmt(b['mean_loc_best_layer'], 1)}. "
-                f"Per language: {b['counts']['true']} true, {b['counts']['false']} false, "
-                f"{b['counts']['inconclusive']} inconclusive (a gain is above noise when it exceeds the 95% band "
-                "of a difference of two proportions on the sweep's items). Selected layers have EN below LOC in "
-                f"{b['selected_en_below_loc']} of {len(b['languages'])} languages.", "",
-                "| language | EN selected | LOC selected | EN best layer (gain, noise) | LOC best layer (gain, noise) "
-                "| verdict |", "|---|---|---|---|---|---|"]
+    out += [f"### (b) {b['claim']}: **{b['verdict']}**", "", b["why"] + ".", ""]
+    if b["languages"]:
+        out += ["| language | EN layer (alpha) | LOC layer (alpha) |", "|---|---|---|"]
         for r in b["languages"]:
-            def best(k):
-                if f"{k}_best_layer" not in r:
-                    return "n/a"
-                return (f"{r[f'{k}_best_layer']} ({_fmt(r[f'{k}_best_gain'], sign=True)}, "
-                        f"{_fmt(r[f'{k}_noise'])}{'' if r[f'{k}_above_noise'] else ' - not above noise'})")
-            out.append(f"| {r['language']} | {r.get('en_selected_layer', 'n/a')} | {r.get('loc_selected_layer', 'n/a')} "
-                       f"| {best('en')} | {best('loc')} | {r['verdict']} |")
+            def at(k):
+                layer = r.get(f"{k}_layer")
+                return "n/a" if layer is None else f"{layer} ({_fmt(r.get(f'{k}_alpha'), 2)})"
+            out.append(f"| {r['language']} | {at('en')} | {at('loc')} |")
         out.append("")
     c = claims["orthogonality"]
     out += [f"### (c) {c['claim']}: **{c['verdict']}**", ""]

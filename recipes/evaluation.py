@@ -1,4 +1,6 @@
-"""The evaluate and report stages on top of ``evaluate.plane``.
+"""The evaluate and report stages on top of ``evaluate.plane``, for fixed layers and alphas or a loaded
+steering directory (with ``layer``/``alpha`` ``auto`` both stages are :mod:`recipes.crossfit_stage`'s: the
+out-of-fold plane and the pre-registered tests, no ``recipes.claims``).
 
 Variants are built from the run's model, adapter and intervention directory:
 

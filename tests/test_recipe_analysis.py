@@ -1,4 +1,6 @@
-"""The recipe's analysis stage, saved all-layer vectors, and the "Claims as measured" verdicts."""
+"""The recipe's analysis stage, saved all-layer vectors, and the "Claims as measured" verdicts of a run with
+fixed layers and alphas (a recipe with ``auto`` reports the cross-fitted protocol's tests instead:
+tests/test_crossfit_recipe.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +17,18 @@ from recipes.plan import StageWriter, make_plan
 from recipes.run import main
 from recipes.validate import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-CLAIMS = ROOT / "recipes" / "configs" / "claims.yaml"
+ANALYSIS = {"name": "analysis", "model": {"name": "gemma-3-270m", "dtype": "float32", "device": "cpu"},
+            "alignment": {"method": "none"},
+            "steering": {"en": {"layer": 6, "alpha": 1.0, "n": 32}, "loc": {"layer": 12, "alpha": 1.0, "n": 32,
+                                                                           "data": "locale_probe"}},
+            "evaluate": {"tasks": ["fact_probe", "locale_probe"], "languages": ["ar", "es", "id", "ko", "zh"],
+                         "variants": ["base", "base+en", "base+loc", "base+surgical"], "n": 24},
+            "analysis": {"enabled": True, "n": 48, "layers": None}}
+"""gemma-3-270m without alignment, fixed layers and alphas, the analysis stage on."""
 
 
 def _recipe(tmp_path, **analysis) -> Path:
-    data = yaml.safe_load(CLAIMS.read_text())
-    data["analysis"] = {**data["analysis"], **analysis}
+    data = {**ANALYSIS, "analysis": {**ANALYSIS["analysis"], **analysis}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -30,13 +37,12 @@ def _recipe(tmp_path, **analysis) -> Path:
 # ----------------------------------------------------------------------------- schema + plan
 
 
-def test_claims_recipe_dry_run(tmp_path, capsys):
-    assert main(["claims.yaml", "--dry-run", "--out", str(tmp_path / "run")]) == 0
+def test_analysis_recipe_dry_run(tmp_path, capsys):
+    assert main([str(_recipe(tmp_path)), "--dry-run", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "analysis" in out and "cos(v_EN, v_LOC)" in out
-    recipe = load_recipe("claims")
+    assert "analysis" in out and "cos(v_EN, v_LOC)" in out and "alpha 1.0" in out
+    recipe = load_recipe(_recipe(tmp_path))
     assert recipe.alignment.method == "none" and recipe.analysis.enabled
-    assert recipe.evaluate.variants == ["base", "base+en", "base+loc", "base+surgical"]
     assert not (tmp_path / "run").exists()
 
 
@@ -70,8 +76,10 @@ def test_analysis_accepts_layers(tmp_path):
 
 
 def test_plan_hashes_follow_analysis_settings(tmp_path):
+    path = _recipe(tmp_path)
+
     def hashes(*overrides):
-        return {st.name: st.hash for st in make_plan(load_recipe("claims", list(overrides)), Path("runs/x"))}
+        return {st.name: st.hash for st in make_plan(load_recipe(path, list(overrides)), Path("runs/x"))}
 
     base = hashes()
     for override in ("analysis.n=16", "analysis.layers=[3, 9]"):
@@ -79,7 +87,8 @@ def test_plan_hashes_follow_analysis_settings(tmp_path):
         assert changed["analysis"] != base["analysis"] and changed["report"] != base["report"], override
         assert all(changed[s] == base[s] for s in ("model", "steering", "evaluate")), override
     assert hashes("evaluate.languages=[ko]")["analysis"] != base["analysis"]
-    assert hashes("steering.n_select=4")["analysis"] != base["analysis"]  # upstream steering hash
+    assert hashes("steering.en.n=4")["analysis"] != base["analysis"]  # upstream steering hash
+    assert hashes("steering.loc.alpha=2")["analysis"] != base["analysis"]
     off = hashes("analysis.enabled=false")
     assert off["report"] != base["report"] and off["evaluate"] == base["evaluate"]
     # with the stage off its settings do not reach any active stage
@@ -102,7 +111,7 @@ def _vectors(name, layers=(0, 1, 2), hidden=16, seed=0):
 def test_vectors_round_trip_through_the_stage_directory(tmp_path):
     from interventions.vector_io import load_vectors, save_vectors
 
-    stage = make_plan(load_recipe("claims"), tmp_path / "run").stages["steering"]
+    stage = make_plan(load_recipe(_recipe(tmp_path)), tmp_path / "run").stages["steering"]
     saved = [_vectors("en_transfer_ko", seed=1), _vectors("loc_ko", seed=2)]
     with StageWriter(stage) as out:
         for v in saved:
@@ -192,31 +201,20 @@ def test_stouffer_pools_signed_p_values():
     assert diff == pytest.approx(0.0) and p == pytest.approx(1.0)
 
 
-def _sweep(vector, layer_gains, base=0.5, n=40):
-    gain = "transfer_gain" if vector.startswith("en") else "localization_gain"
-    other = "localization_gain" if gain == "transfer_gain" else "transfer_gain"
-    base_key = "base_transfer_score" if gain == "transfer_gain" else "base_localization_score"
-    n_key = "n_transfer_items" if gain == "transfer_gain" else "n_localization_items"
-    return [{"vector": vector, "layer": l, "coefficient": 4.0, gain: g, other: 0.0, base_key: base, n_key: n}
-            for l, g in layer_gains.items()]
-
-
-def test_layer_verdicts():
-    selection = {"en_transfer_ko": {"layer": 6, "kind": "en", "language": "ko"},
-                 "loc_ko": {"layer": 12, "kind": "loc", "language": "ko"},
-                 "en_transfer_es": {"layer": 12}, "loc_es": {"layer": 6},
-                 "en_transfer_id": {"layer": 6}, "loc_id": {"layer": 12}}
-    sweep = (_sweep("en_transfer_ko", {6: 0.4, 12: 0.1}) + _sweep("loc_ko", {6: 0.0, 12: 0.4})
-             + _sweep("en_transfer_es", {6: 0.1, 12: 0.4}) + _sweep("loc_es", {6: 0.4, 12: 0.0})
-             + _sweep("en_transfer_id", {6: 0.05, 12: 0.0}) + _sweep("loc_id", {6: 0.0, 12: 0.4}))
-    b = claim_layers(selection, sweep, 18)
+def test_layers_claim_is_not_measured_with_fixed_layers():
+    selection = {"en_transfer_ko": {"layer": 6, "alpha": 1.0, "kind": "en", "language": "ko", "selected": "fixed"},
+                 "loc_ko": {"layer": 12, "alpha": 2.0, "kind": "loc", "language": "ko"},
+                 "en_transfer_es": {"layer": 12, "alpha": 1.0}, "loc_es": {"layer": 6, "alpha": 1.0}}
+    b = claim_layers(selection, 18)
+    assert b["verdict"] == "not measured" and "depth_order" in b["why"] and b["num_layers"] == 18
     by = {r["language"]: r for r in b["languages"]}
-    assert (by["ko"]["verdict"], by["es"]["verdict"], by["id"]["verdict"]) == ("true", "false", "inconclusive")
-    assert by["ko"]["en_best_layer"] == 6 and by["ko"]["loc_best_layer"] == 12
-    assert not by["id"]["en_above_noise"]  # 0.05 on 40 items is within the noise band
-    assert b["verdict"] == "inconclusive" and b["counts"] == {"true": 1, "false": 1, "inconclusive": 1}
-    assert b["selected_en_below_loc"] == 2
-    assert claim_layers(selection, [], 18)["verdict"] == "not measured"
+    assert (by["ko"]["en_layer"], by["ko"]["loc_layer"], by["ko"]["loc_alpha"]) == (6, 12, 2.0)
+    assert by["ko"]["en_below_loc"] and not by["es"]["en_below_loc"]
+    empty = claim_layers({}, 18)
+    assert empty["verdict"] == "not measured" and empty["languages"] == [] and "loaded" in empty["why"]
+    text = render_claims({"level": 0.05, "layers": b, "orthogonality": claim_orthogonality(None), "surgical": [],
+                          "erasure": []})
+    assert "| ko | 6 (1.00) | 12 (2.00) |" in text and "**not measured**" in text
 
 
 def test_orthogonality_verdicts():
@@ -256,26 +254,82 @@ def test_measure_and_render_from_stage_files(tmp_path):
     steering, analysis = tmp_path / "steering", tmp_path / "analysis"
     steering.mkdir()
     analysis.mkdir()
-    (steering / "steering.json").write_text(json.dumps({"selection": {"en_transfer_ko": {"layer": 6},
-                                                                      "loc_ko": {"layer": 12}}}))
-    (steering / "sweep.json").write_text(json.dumps(_sweep("en_transfer_ko", {6: 0.4}) + _sweep("loc_ko", {12: 0.4})))
+    (steering / "steering.json").write_text(json.dumps({"selection": {
+        "en_transfer_ko": {"layer": 6, "alpha": 1.0, "steered": True, "kind": "en", "language": "ko"},
+        "loc_ko": {"layer": 12, "alpha": 1.0, "steered": True, "kind": "loc", "language": "ko"}}}))
     (analysis / "analysis.json").write_text(json.dumps({"selected_cosines": [], "note": "no vectors"}))
     claims = measure_claims(_results(0.2, 0.001, 0.0, 1.0, langs=("ko",)), steering, analysis, 18)
-    assert claims["layers"]["verdict"] == "true" and claims["orthogonality"]["verdict"] == "not measured"
+    assert claims["level"] == 0.05 and "alpha" not in claims  # alpha is the steering strength, not the level
+    assert claims["layers"]["verdict"] == "not measured" and claims["orthogonality"]["verdict"] == "not measured"
     text = render_claims(claims)
-    assert "## Claims as measured" in text and "(b) EN steering best at middle depth, LOC deeper: **true**" in text
+    assert "## Claims as measured" in text and "(b) EN steering best at middle depth, LOC deeper: **not measured**" in text
     assert "base+surgical raises localization without losing transfer (vs base): **true**" in text
-    assert "no vectors" in text
+    assert "no vectors" in text and "significance level 0.05" in text
+    loaded = tmp_path / "loaded"
+    loaded.mkdir()
+    (loaded / "steering.json").write_text(json.dumps({"source": "./dir", "computed": False}))
+    assert measure_claims(_results(0.2, 0.001, 0.0, 1.0), loaded, None)["layers"]["languages"] == []
+
+
+def test_vector_cosine_rows_skip_unsteered_selections():
+    """A cross-validated selection may keep a vector unsteered (layer null): no applied direction, no pair."""
+    from recipes.analysis_stage import vector_cosine_rows
+
+    en = _vectors("en_transfer_ko", layers=(4, 8), seed=1)
+    loc = _vectors("loc_ko", layers=(4, 8), seed=2)
+    selection = {"en_transfer_ko": {"layer": None, "alpha": 0.0, "steered": False},
+                 "loc_ko": {"layer": 8, "alpha": 1.0, "steered": True}}
+    per_layer, selected = vector_cosine_rows({"en_transfer_ko": en, "loc_ko": loc}, selection)
+    assert len(per_layer) == 2 and [r["at"] for r in selected] == ["loc_layer"]
+    assert vector_cosine_rows({"en_transfer_ko": en, "loc_ko": loc}, {})[1] == []
+
+
+def test_fixed_recipe_with_analysis_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    """Fixed layers and alphas on a tiny llama: vectors computed at the recipe's layer and alpha, the analysis
+    stage's cosines at those layers, and the report's claims (layers: not measured)."""
+    from interventions.config import InterventionConfig
+    from tiny_models import flores_bpe_tokenizer, save_tiny_model
+
+    model_dir = save_tiny_model("llama", flores_bpe_tokenizer(vocab_size=512, sentences=60), tmp_path / "tiny")
+    data = {**ANALYSIS, "model": {"name": str(model_dir)},
+            "steering": {"en": {"layer": 1, "alpha": 2.0, "n": 4}, "loc": {"layer": 2, "alpha": 1.5, "n": 4,
+                                                                          "data": "locale_probe"}},
+            "evaluate": {**ANALYSIS["evaluate"], "languages": ["ko", "es"], "n": 2, "bootstrap": 20},
+            "analysis": {"enabled": True, "n": 4, "layers": [1, 3]}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "run"
+    assert main([str(path), "--out", str(out)]) == 0, capsys.readouterr().err[-3000:]
+    plan = make_plan(load_recipe(path), out)
+    steering, analysis, report = (plan.stages[s].directory for s in ("steering", "analysis", "report"))
+    selection = json.loads((steering / "steering.json").read_text())["selection"]
+    assert {k: (v["layer"], v["alpha"], v["steered"]) for k, v in selection.items()} == {
+        "en_transfer_ko": (1, 2.0, True), "en_transfer_es": (1, 2.0, True), "loc_ko": (2, 1.5, True),
+        "loc_es": (2, 1.5, True)}
+    config = InterventionConfig.from_pretrained(steering / "intervention")
+    assert {(iv.name, iv.layer, iv.coefficient) for iv in config.interventions} == {
+        ("en_transfer_ko", 1, 2.0), ("en_transfer_es", 1, 2.0), ("loc_ko", 2, 1.5), ("loc_es", 2, 1.5)}
+    assert {iv.source["role"] for iv in config.interventions} == {"en_transfer", "loc_cultural"}
+    summary = json.loads((analysis / "analysis.json").read_text())
+    assert summary["vectors_model"] == "base" and len(summary["vector_cosines"]) == 2 * 4
+    assert {(r["language"], r["at"]) for r in summary["selected_cosines"]} == {
+        (lang, at) for lang in ("ko", "es") for at in ("en_layer", "loc_layer", "applied_pair")}
+    claims = json.loads((report / "claims.json").read_text())
+    assert claims["layers"]["verdict"] == "not measured" and claims["orthogonality"]["verdict"] in (
+        "true", "false", "inconclusive")
+    assert [d["variant"] for d in claims["surgical"]] == ["base+surgical"]
+    text = (report / "report.md").read_text()
+    assert "## Claims as measured" in text and "| ko | 1 (2.00) | 2 (1.50) |" in text
 
 
 @pytest.mark.gemma
 def test_analysis_stage_on_gemma(gemma, tmp_path):
-    """Steering (fixed layers) saves all-layer vectors; the analysis stage writes its CSVs and cosines."""
+    """Steering (fixed layers and alphas) saves all-layer vectors; the analysis stage writes its CSVs and cosines."""
     from recipes.stages import RunContext, run_analysis, run_steering
 
-    recipe = load_recipe("claims", ["evaluate.languages=[ko]", "steering.en.layer=6", "steering.en.coefficient=4",
-                                    "steering.loc.layer=12", "steering.loc.coefficient=4", "steering.en.n=4",
-                                    "steering.loc.n=4", "analysis.n=4", "analysis.layers=[0, 6, 12]"])
+    recipe = load_recipe(_recipe(tmp_path), ["evaluate.languages=[ko]", "steering.en.alpha=4", "steering.loc.alpha=4",
+                                             "steering.en.n=4", "steering.loc.n=4", "analysis.n=4",
+                                             "analysis.layers=[0, 6, 12]"])
     plan = make_plan(recipe, tmp_path / "run")
     ctx = RunContext(recipe, plan)
     ctx._model, ctx._tokenizer = gemma
