@@ -246,6 +246,23 @@ def crossfit_language(model, tokenizer, data: LanguageData, settings: CrossfitSe
                           grid_rows, {"en": en_diff, "loc": loc_diff}, {"en": en, "loc": loc})
 
 
+def unsteered_outcomes(model, tokenizer, data: LanguageData, settings: CrossfitSettings) -> list[dict]:
+    """The ``base`` rows of :func:`crossfit_language` alone (same items and folds), for a model evaluated
+    without steering (e.g. ``base`` next to ``cla+...`` variants): one scoring pass, no grid."""
+    items = [*data.transfer_items, *data.localization_items]
+    axes = ["transfer"] * len(data.transfer_items) + ["localization"] * len(data.localization_items)
+    folds = group_folds([it.group or it.id for it in items], settings.k, settings.seed, strata=axes)
+    scores = _score(model, tokenizer, items, None, settings, f"{data.language} unsteered")
+    out = []
+    for it, axis in zip(items, axes):
+        sc = scores[it.id]
+        correct = sc.choice == (it.gold if axis == "transfer" else it.local)
+        out.append({"language": data.language, "item_id": it.id, "group": it.group or it.id, "axis": axis,
+                    "fold": folds[it.group or it.id], "variant": "base",
+                    "margin": float(item_margin(it, sc, axis)), "correct": float(correct)})
+    return out
+
+
 def modal_choice(selections: Sequence[dict]) -> dict:
     """The cell chosen in most folds (ties: the smaller alpha, then the unsteered choice first); the artifact's."""
     counts: dict[tuple, int] = {}
@@ -257,4 +274,4 @@ def modal_choice(selections: Sequence[dict]) -> dict:
 
 
 __all__ = ["CrossfitSettings", "LanguageData", "LanguageResult", "VARIANTS", "crossfit_language",
-           "estimate_vectors", "modal_choice"]
+           "estimate_vectors", "modal_choice", "unsteered_outcomes"]

@@ -148,13 +148,13 @@ def fisher_combination(pvalues: Sequence[float]) -> float:
 
 def preregistered_tests(runs: Mapping[str, Sequence[Mapping]], selections: Mapping[str, Mapping[str, dict]],
                         cosines: Mapping[str, Mapping], languages: Sequence[str], n_boot: int = 2000,
-                        seed: int = 0) -> list[dict]:
+                        seed: int = 0, run: str | None = None) -> list[dict]:
     """The pre-registered family (module docstring) with Holm-adjusted p-values and verdicts.
 
     ``selections[language]["en" | "loc"]``: the modal choice (:func:`evaluate.crossfit.modal_choice`) of the
-    run R; ``cosines[language]``: :func:`interventions.controls.cosine_test` at the middle grid layer.
+    run R (``run``; default ``cla`` when given, else ``base``); ``cosines[language]``: :func:`interventions.controls.cosine_test` at the middle grid layer.
     """
-    run = "cla" if "cla" in runs else "base"
+    run = run or ("cla" if "cla" in runs else "base")
     table = _table(runs[run])
     tests: list[dict] = []
 

@@ -12,7 +12,7 @@ selects (layer, alpha) per fold on the other folds and scores every item out of 
 - ``vectors/`` (all layers, the primary run's) and ``intervention/``: the artifact, the primary run's
   (``cla`` when evaluated, else ``base``) full-data vectors at each vector's modal out-of-fold choice,
   with ``role``, ``language`` and the selection in each intervention's provenance; a vector whose modal
-  choice is "unsteered" (it did not gain on its selection data) is left out.
+  choice is "unsteered" (it did not gain on its selection data) is left out (the directory may be empty).
 
 Evaluate stage (:func:`evaluate_crossfit`): the out-of-fold plane pooled over languages and the
 pre-registered tests (:mod:`evaluate.crossfit_stats`), from those files; no model call.
@@ -74,7 +74,7 @@ def _model_for(ctx, run: str):
 
 def run_crossfit(ctx, stage, out: Path) -> dict:
     from evaluate.analysis import write_csv
-    from evaluate.crossfit import crossfit_language, modal_choice
+    from evaluate.crossfit import crossfit_language, modal_choice, unsteered_outcomes
     from evaluate.crossfit_data import language_data
     from interventions.components import num_layers
     from interventions.config import InterventionConfig
@@ -92,16 +92,21 @@ def run_crossfit(ctx, stage, out: Path) -> dict:
                                 n_neutral=recipe.steering.selection.neutral_n, seed=recipe.seed)
             for lang in languages}
     runs = runs_of(e.variants)
-    primary = runs[-1]
+    steered = {Variant.parse(v).model for v in e.variants if Variant.parse(v).steered}
+    primary = "cla" if "cla" in steered else "base"
     outcomes, report, grid, cosines, interventions, selection = [], {}, [], {}, [], {}
     middle = settings.layers[len(settings.layers) // 2]
     for run in runs:
         model, context = _model_for(ctx, run)
-        report[run] = {}
-        cosines[run] = {}
+        if run in steered:
+            report[run], cosines[run] = {}, {}
         with context:
             for lang in languages:
                 ctx.seed()
+                if run not in steered:  # only the unsteered model is evaluated: one pass, no grid
+                    outcomes += [dict(o, run=run) for o in unsteered_outcomes(model, ctx.tokenizer, data[lang],
+                                                                              settings)]
+                    continue
                 res = crossfit_language(model, ctx.tokenizer, data[lang], settings)
                 outcomes += [dict(o, run=run) for o in res.outcomes]
                 grid += [dict(r, run=run) for r in res.grid_rows]
@@ -137,10 +142,10 @@ def run_crossfit(ctx, stage, out: Path) -> dict:
     _write_json(out / "cosines.json", cosines)
     _write_json(out / "grid.json", grid)
     write_csv(grid, out / "grid.csv")
-    if interventions:
-        model = ctx.aligned_model() if primary == "cla" else ctx.model
-        InterventionConfig.for_model(model, interventions, revision=recipe.model.revision).save_pretrained(
-            out / "intervention", model=model)
+    # always written: an empty directory is the honest artifact when no vector gained on its selection data
+    model = ctx.aligned_model() if primary == "cla" else ctx.model
+    InterventionConfig.for_model(model, interventions, revision=recipe.model.revision).save_pretrained(
+        out / "intervention", model=model)
     _write_json(out / "steering.json", {"computed": True, "protocol": "crossfit", "selection": selection,
                                         "primary_run": primary, "intervention": bool(interventions)})
     return {"protocol": "crossfit", "selection": selection}
@@ -165,12 +170,12 @@ def evaluate_crossfit(ctx, stage, out: Path) -> dict:
         v = Variant.parse(name)
         wanted.setdefault(v.model, set()).add(v.addition or "base")
     runs = {run: [o for o in outcomes if o["run"] == run and o["variant"] in wanted[run] | {"base"}]
-            for run in info["runs"] if run in wanted}
-    primary = "cla" if "cla" in runs else "base"
+            for run in ("base", "cla") if run in wanted}
+    primary = info["primary_run"]
     layer = str(info["preregistered_cosine_layer"])
     modal = {lang: info["runs"][primary][lang]["modal"] for lang in languages}
     tests = preregistered_tests(runs, modal, {lang: cosines[primary][lang][layer] for lang in languages}, languages,
-                                n_boot=max(ctx.recipe.evaluate.bootstrap, 1000), seed=ctx.recipe.seed)
+                                n_boot=max(ctx.recipe.evaluate.bootstrap, 1000), seed=ctx.recipe.seed, run=primary)
     rows = plane_rows(runs, languages, n_boot=ctx.recipe.evaluate.bootstrap, seed=ctx.recipe.seed)
     results = {"protocol": "crossfit", "plane": rows, "tests": tests, "languages": languages,
                "selections": {run: {lang: r["modal"] for lang, r in langs.items()} for run, langs in

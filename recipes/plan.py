@@ -129,12 +129,15 @@ def _describe_actions(recipe: Recipe) -> dict[str, str]:
         "steering": steer,
         "evaluate": (f"{len(e.variants)} variants x {len(e.languages)} languages x {len(e.tasks)} tasks "
                      f"({', '.join(e.variants)} | {', '.join(e.languages)} | {', '.join(e.tasks)}), "
-                     f"split {e.split}, n<={e.n}"),
+                     + (f"out of fold over every split ({e.n or 'all'} transfer / {e.n_localization or 'all'} "
+                        "localization groups per task and language), pre-registered tests"
+                        if uses_crossfit(recipe) else f"split {e.split}, n<={e.n}")),
         "analysis": (f"FLORES devtest representations by layer (n={an.n}; {', '.join(['en', *e.languages])}): "
                      "PCA grid, language separation, retrieval; cos(v_EN, v_LOC) per layer" if an.enabled
                      else "disabled"),
         "experts": _describe_experts(recipe),
-        "report": f"write {', '.join(r.formats)}{' + plots' if r.plots else ''} + claims as measured",
+        "report": f"write {', '.join(r.formats)}{' + plots' if r.plots else ''}"
+                  + (" + pre-registered tests" if uses_crossfit(recipe) else " + claims as measured"),
         "publish": (f"push {', '.join(p.push)} to {p.repo_id} ({'private' if p.private else 'public'})"
                     if p.enabled else "disabled"),
     }
