@@ -261,7 +261,7 @@ def test_a_symlink_free_directory_is_copied_as_is(tiny, tmp_path):
 def test_english_only_languages_never_commit_an_empty_steering_stage(tiny, tmp_path):
     model_dir, model, tok = tiny
     recipe = recipe_from_dict({"model": {"name": str(model_dir)}, "alignment": {"method": "none"},
-                               "steering": {"en": {"layer": 1, "coefficient": 2.0}, "loc": {"enabled": False}},
+                               "steering": {"en": {"layer": 1, "alpha": 2.0}, "loc": {"enabled": False}},
                                "evaluate": {"tasks": ["global_mmlu_cloze"], "languages": ["en"], "variants": ["base+en"]}})
     ctx = _context(recipe, tmp_path / "run", model, tok)
     with pytest.raises(RecipeError) as err:
@@ -289,9 +289,8 @@ def test_experts_directory_is_evaluable_as_a_variant(tiny, tmp_path):
     assert {intervention_role(iv) for iv in config.interventions} == {("experts", "ko")}
 
     recipe = load_recipe(_recipe_file(tmp_path, model_dir, steering={"load": str(directory)},
-                                      evaluate={"tasks": TASKS, "languages": ["ko"], "variants": ["base"], "n": 3,
-                                                "bootstrap": 20}))
-    recipe.evaluate.variants = ["base", "base+experts"]  # the schema's Variant literal lists it (validation helper)
+                                      evaluate={"tasks": TASKS, "languages": ["ko"], "variants": ["base", "base+experts"],
+                                                "n": 3, "bootstrap": 20}))  # validation accepts it with steering.load
     ctx = _context(recipe, tmp_path / "run", model, tok)
     _run_stages(ctx, "model", "steering", "evaluate")
     evaluated = ctx.plan.stages["evaluate"].directory
