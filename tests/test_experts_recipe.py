@@ -78,8 +78,7 @@ def test_stage_on_a_tiny_model_writes_loadable_set_interventions(tmp_path, monke
     from interventions.steer import steer
 
     from recipes.stages import STAGE_FUNCTIONS, RunContext
-    from test_experts import ByteTokenizer
-    from tiny_models import tiny_model
+    from tiny_models import char_tokenizer, tiny_model
 
     corpus = {"en": [f"the cat number {i} sat" for i in range(16)],
               "ko": [f"zzqq xx {i} qqzz" for i in range(16)],
@@ -90,7 +89,7 @@ def test_stage_on_a_tiny_model_writes_loadable_set_interventions(tmp_path, monke
                                            "apply_to": ["source", "both"]}})
     plan = make_plan(recipe, tmp_path / "run")
     ctx = RunContext(recipe, plan)
-    model, ctx._tokenizer = tiny_model("gemma3"), ByteTokenizer()
+    model, ctx._tokenizer = tiny_model("gemma3"), char_tokenizer()
     ctx._model = model
     stage = plan.stages["experts"]
     assert stage.config["contrast"] == ["en", "es", "ko"]
@@ -119,3 +118,19 @@ def test_stage_on_a_tiny_model_writes_loadable_set_interventions(tmp_path, monke
     assert baseline and all(r["ratio"] == pytest.approx(1.0) for r in baseline if r["top1_before"] > 0)
     assert (d / "retrieval_ko.png").stat().st_size > 0 and (d / "REPORT.md").is_file()
     assert (d / "ko" / "ranking" / "expert_ranking.safetensors").is_file()
+
+
+def test_experts_variant_needs_a_loaded_experts_directory():
+    """``+experts`` evaluates an experts stage's directory given as steering.load; the stage's own output in the
+    same run is not wired into the evaluation, so the variant is refused without steering.load."""
+    from recipes.validate import validate_recipe
+
+    for variants in (["base", "base+experts"], ["base", "cla+experts"]):
+        data = {"alignment": {"method": "none", "adapter": None}, "experts": {"enabled": True},
+                "steering": {"en": {"layer": 3, "alpha": 1.0}, "loc": {"layer": 9, "alpha": 1.0}},
+                "evaluate": {"variants": variants}}
+        with pytest.raises(RecipeError) as err:
+            validate_recipe(recipe_from_dict(data))
+        assert err.value.field == "evaluate.variants[1]"
+    with pytest.raises(RecipeError, match="steering.load"):
+        validate_recipe(recipe_from_dict({"evaluate": {"variants": ["base", "base+experts"]}}))  # auto: refused too
