@@ -47,8 +47,10 @@ def _refuse_constant(name):
 
 
 def test_auto_recipe_end_to_end(model_dir, tmp_path, capsys):
+    data = auto_recipe(model_dir)
+    data["analysis"] = {"enabled": True, "n": 4, "layers": [1, 2]}
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(auto_recipe(model_dir), sort_keys=False))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "run"
     rc = main([str(path), "--out", str(out)])
     err = capsys.readouterr().err
@@ -124,6 +126,14 @@ def test_auto_recipe_end_to_end(model_dir, tmp_path, capsys):
             assert iv.layer == modal["layer"] and iv.coefficient == pytest.approx(modal["alpha"])
     else:
         assert not directory.exists()
+
+    # the analysis stage reads the protocol's vectors and skips the unsteered selections
+    summary = json.loads((plan.stages["analysis"].directory / "analysis.json").read_text())
+    assert summary["vectors_model"] == "base" and {r["language"] for r in summary["vector_cosines"]} == set(LANGUAGES)
+    applied = {(r["language"], r["at"]) for r in summary["selected_cosines"]}
+    for lang in LANGUAGES:
+        for which, at in (("en", "en_layer"), ("loc", "loc_layer")):
+            assert ((lang, at) in applied) == info["runs"]["base"][lang]["modal"][which]["steered"]
 
 
 def test_auto_recipe_with_an_adapter_steers_the_aligned_model(model_dir, tmp_path, capsys):
