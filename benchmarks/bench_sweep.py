@@ -1,6 +1,6 @@
-"""Layer x coefficient sweep: prefix-cached vs naive (full forward per cell), side by side.
+"""Layer x alpha sweep: prefix-cached vs naive (full forward per cell), side by side.
 
-    python benchmarks/bench_sweep.py [--language ko] [--n-items 8] [--layers 9 12 15] [--coefficients 2 4 8 16]
+    python benchmarks/bench_sweep.py [--language ko] [--n-items 8] [--layers 9 12 15] [--alphas 0.5 1 2 4]
 
 Both sweeps score the same extract items of fact_probe (transfer) and locale_probe (localization)
 for every cell. The script prints wall and CPU times, the ratio cached/naive (target <= 0.5) and the
@@ -111,7 +111,8 @@ def main() -> None:
     ap.add_argument("--language", default="ko")
     ap.add_argument("--n-items", type=int, default=8)
     ap.add_argument("--layers", type=int, nargs="+", default=[9, 12, 15])
-    ap.add_argument("--coefficients", type=float, nargs="+", default=[2.0, 4.0, 8.0, 16.0])
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0],
+                    help="strengths in multiples of the estimated mean difference")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads > 0:
@@ -121,17 +122,17 @@ def main() -> None:
     transfer = get_task("fact_probe").items(args.language, split="extract")[: args.n_items]
     local = [it for it in get_task("locale_probe").items(args.language, split="extract") if it.cue == "implicit"]
     local = local[: args.n_items]
-    common = (model, tok, vectors, args.layers, args.coefficients, transfer, local)
+    common = (model, tok, vectors, args.layers, transfer, local)
     evaluate_axes(model, tok, transfer, local)  # warm-up (allocator, tokenizer caches)
     load_before = os.getloadavg()
     with ComponentTimers(model) as timers:
-        naive_rows, naive_wall, naive_cpu = clocked(lambda: sweep(*common, progress=False))
-    cached_rows, cached_wall, cached_cpu = clocked(lambda: cached_sweep(*common, progress=False))
+        naive_rows, naive_wall, naive_cpu = clocked(lambda: sweep(*common, alphas=args.alphas, progress=False))
+    cached_rows, cached_wall, cached_cpu = clocked(lambda: cached_sweep(*common, alphas=args.alphas, progress=False))
     load_after = os.getloadavg()
 
     keys = ("transfer_score", "localization_score")
     diff = max(abs((a[k] or 0.0) - (b[k] or 0.0)) for a, b in zip(naive_rows, cached_rows) for k in keys)
-    same_cells = [(a["layer"], a["coefficient"]) for a in naive_rows] == [(b["layer"], b["coefficient"])
+    same_cells = [(a["layer"], a["alpha"]) for a in naive_rows] == [(b["layer"], b["alpha"])
                                                                           for b in cached_rows]
     naive = torch.tensor([naive_wall, naive_cpu], dtype=torch.float64)
     per_layer = torch.tensor(timers.per_layer, dtype=torch.float64)  # [layer, (wall, cpu)] over the naive sweep
