@@ -1,11 +1,12 @@
-"""Model cards (README.md) for intervention directories, built with ``huggingface_hub.ModelCard``."""
+"""Model cards (README.md) for intervention directories, built with ``huggingface_hub.ModelCard``.
+
+Takes plain data (the ``base_model`` mapping and the interventions, each of which describes itself with
+``describe()``), not the config class.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import InterventionConfig
+from typing import Any
 
 
 def _row(iv) -> str:
@@ -13,24 +14,19 @@ def _row(iv) -> str:
     data = src.get("data", "")
     if isinstance(data, (list, tuple)):
         data = ", ".join(map(str, data))
-    langs = src.get("languages", src.get("language", ""))
-    if isinstance(langs, (list, tuple)):
-        langs = ", ".join(map(str, langs))
-    if iv.kind == "additive":
-        what = f"add {iv.coefficient:g} x vector (norm {float(iv.vector.float().norm()):.3g})"
-    else:
-        what = f"set {iv.units.numel()} units to fixed values"
-    return (f"| `{iv.name}` | {iv.kind} | `{iv.component}` | {iv.layer} | {iv.positions} | {what} | "
-            f"{src.get('method', '')} | {data} | {langs} | {src.get('n', src.get('n_prompts', ''))} |")
+    return (f"| `{iv.name}` | {iv.kind} | {iv.role} | {iv.language or 'any'} | `{iv.component}` | {iv.layer} | "
+            f"{iv.positions} | {iv.describe()} | {src.get('method', '')} | {data} | "
+            f"{src.get('n', src.get('n_prompts', ''))} |")
 
 
-def model_card(config: "InterventionConfig", pyvene_layout: bool = False, extra: str | None = None) -> str:
+def model_card(base_model: dict[str, Any], interventions: list, pyvene_layout: bool = False,
+               extra: str | None = None) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
-    base = config.base_model.get("name_or_path") or "unknown"
+    base = base_model.get("name_or_path") or "unknown"
     data = ModelCardData(library_name="surgical-steering", base_model=base if base != "unknown" else None,
                          tags=["steering", "pyvene", "multilingual", "interventions"])
-    rows = "\n".join(_row(iv) for iv in config.interventions)
+    rows = "\n".join(_row(iv) for iv in interventions)
     pyvene_note = (
         "This directory also holds pyvene's own layout (`config.json`, `intkey_*.bin`): "
         "`pyvene.IntervenableModel.load(dir, model)` after `interventions.pyvene_compat.register(model)` "
@@ -41,13 +37,13 @@ def model_card(config: "InterventionConfig", pyvene_layout: bool = False, extra:
     body = f"""
 # Intervention config for `{base}`
 
-Steering as data: {len(config.interventions)} intervention(s) made with
+Steering as data: {len(interventions)} intervention(s) made with
 [surgical-steering](https://pypi.org/project/surgical-steering/) for **{base}**
-(model_type `{config.base_model.get('model_type', '?')}`, hidden size {config.base_model.get('hidden_size', '?')},
-{config.base_model.get('num_hidden_layers', '?')} layers).
+(model_type `{base_model.get('model_type', '?')}`, hidden size {base_model.get('hidden_size', '?')},
+{base_model.get('num_hidden_layers', '?')} layers).
 
-| name | kind | component | layer | positions | what | method | data | languages | n |
-|---|---|---|---|---|---|---|---|---|---|
+| name | kind | role | language | component | layer | positions | what | method | data | n |
+|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 Components are named by meaning: `block_output` is the residual stream after decoder layer L,
@@ -68,7 +64,7 @@ with steer(model, config):
     out = model.generate(**tokenizer("...", return_tensors="pt"), max_new_tokens=20)
 ```
 
-Files: `intervention_config.json` (what, where, how strong, provenance), `intervention_vectors.safetensors`
+Files: `intervention_config.json` (what, where, how strong, role and language, provenance), `intervention_vectors.safetensors`
 (the tensors). Loading reads JSON and safetensors only. {pyvene_note}
 """
     if extra:

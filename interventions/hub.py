@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import CONFIG_NAME, VECTORS_NAME, InterventionConfigError
+from .artifact import CONFIG_NAME, VECTORS_NAME, InterventionConfigError
 
 ALLOW_PATTERNS = [CONFIG_NAME, VECTORS_NAME, "README.md"]
 

@@ -4,7 +4,10 @@ The loader reads ``intervention_config.json`` with :func:`interventions.fsutil.r
 UTF-8, no duplicate keys, no NaN, bounded nesting), refuses keys it does not know (a misspelled
 ``"coeficient"`` would otherwise leave the strength at 1.0) with a did-you-mean hint, refuses files reached
 through a symlink that leaves the directory, and reads tensors with safetensors only: nothing is unpickled,
-no class named in a file is imported, and the model is never touched.
+no class named in a file is imported (an entry's ``kind`` is looked up in
+:data:`interventions.kinds.INTERVENTION_KINDS`), and the model is never touched. Version-1 files are
+migrated by :func:`migrate_v1`, the one place that knows the old layout. It returns plain data;
+:meth:`interventions.config.InterventionConfig.from_pretrained` builds and validates the config.
 """
 
 from __future__ import annotations
@@ -14,26 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .config import (
+from .artifact import (
     CONFIG_NAME,
     FORMAT_VERSION,
-    KINDS,
+    READABLE_VERSIONS,
     VECTORS_NAME,
-    AdditiveIntervention,
-    InterventionConfig,
     InterventionConfigError,
-    SetIntervention,
+    check_role_and_language,
+    role_and_language,
 )
 from .fsutil import JSONInputError, UnsafePathError, inside, printable, read_json_object
+from .kinds import INTERVENTION_KINDS, Intervention
 
 TOP_KEYS = ("base_model", "format_version", "interventions", "library")
 BASE_MODEL_KEYS = ("hidden_size", "model_type", "name_or_path", "num_hidden_layers", "revision")
 LIBRARY_KEYS = ("name", "version")
-COMMON_KEYS = ("component", "kind", "layer", "name", "positions", "source")
-ENTRY_KEYS = {"additive": COMMON_KEYS + ("coefficient", "vector", "vector_norm"),
-              "set": COMMON_KEYS + ("n_units", "units", "values")}
 
 
 def check_keys(mapping: dict, allowed: tuple, where: str, src: str) -> None:
@@ -58,9 +57,27 @@ def _file(directory: Path, name: str, root: Path | None, src: str) -> Path:
     return path
 
 
-def load_directory(directory: Path, model: nn.Module | None = None, root: Path | None = None
-                   ) -> InterventionConfig:
-    """Load the intervention directory ``directory`` (its files must resolve inside ``root``, default itself)."""
+def migrate_v1(raw: dict, src: str) -> dict:
+    """A ``format_version`` 1 config as version 2: each entry gains ``role`` and ``language``, derived from its
+    ``source`` (:func:`interventions.artifact.role_and_language`). Entries that are not objects are left for
+    the entry checks; a version-1 entry that already has one of the new keys is refused."""
+    entries = raw.get("interventions")
+    migrated = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if isinstance(entry, dict):
+            for key in ("role", "language"):
+                if key in entry:
+                    raise InterventionConfigError(f"interventions[{i}].{key}", "unknown key in a format_version 1 "
+                                                  "file (role and language are fields from version 2 on)", src)
+            role, language = role_and_language(entry.get("source"))
+            entry = dict(entry, role=role, language=language)
+        migrated.append(entry)
+    return dict(raw, format_version=FORMAT_VERSION, interventions=migrated if isinstance(entries, list) else entries)
+
+
+def read_directory(directory: Path, root: Path | None = None) -> tuple[list[Intervention], dict, str]:
+    """``(interventions, base_model, source)`` of the intervention directory ``directory`` (its files must
+    resolve inside ``root``, default itself); ``source`` names the config file in error messages."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -74,8 +91,11 @@ def load_directory(directory: Path, model: nn.Module | None = None, root: Path |
         raise InterventionConfigError(CONFIG_NAME, f"unreadable: {printable(err)}", src) from None
     check_keys(raw, TOP_KEYS, "", src)
     version = raw.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        raise InterventionConfigError("format_version", f"expected {FORMAT_VERSION}, got {version!r}", src)
+    if version not in READABLE_VERSIONS or isinstance(version, bool) or not isinstance(version, int):
+        raise InterventionConfigError("format_version", f"expected {FORMAT_VERSION} (or 1, migrated on load), "
+                                      f"got {version!r}", src)
+    if version == 1:
+        raw = migrate_v1(raw, src)
     entries = raw.get("interventions")
     if not isinstance(entries, list):
         raise InterventionConfigError("interventions", "expected a list", src)
@@ -97,22 +117,23 @@ def load_directory(directory: Path, model: nn.Module | None = None, root: Path |
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InterventionConfigError(VECTORS_NAME, f"unreadable safetensors file: {printable(err)}",
                                       printable(vectors_path)) from None
-    interventions = [_entry_to_intervention(e, i, tensors, src) for i, e in enumerate(entries)]
-    return InterventionConfig(interventions, base_model, version).validate(model, source=src)
+    return [_entry_to_intervention(e, i, tensors, src) for i, e in enumerate(entries)], base_model, src
 
 
-def _entry_to_intervention(entry: Any, i: int, tensors: dict, src: str):
+def _entry_to_intervention(entry: Any, i: int, tensors: dict, src: str) -> Intervention:
     where = f"interventions[{i}]"
     if not isinstance(entry, dict):
         raise InterventionConfigError(where, "expected a JSON object", src)
     kind = entry.get("kind")
-    if kind not in KINDS:
-        raise InterventionConfigError(f"{where}.kind", f"expected one of {list(KINDS)}, got {kind!r}", src)
-    check_keys(entry, ENTRY_KEYS[kind], where, src)
-    required = ("name", "component", "layer") + (("vector",) if kind == "additive" else ("units", "values"))
-    for key in required:
+    cls = INTERVENTION_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InterventionConfigError(f"{where}.kind", f"expected one of {list(INTERVENTION_KINDS)}, got {kind!r}",
+                                      src)
+    check_keys(entry, cls.entry_keys(), where, src)
+    for key in cls.required_keys():
         if key not in entry:
             raise InterventionConfigError(f"{where}.{key}", "missing", src)
+    check_role_and_language(entry["role"], entry["language"], where, src)
 
     def tensor(key: str) -> torch.Tensor:
         name = entry[key]
@@ -120,9 +141,4 @@ def _entry_to_intervention(entry: Any, i: int, tensors: dict, src: str):
             raise InterventionConfigError(f"{where}.{key}", f"tensor {name!r} missing from {VECTORS_NAME}", src)
         return tensors[name]
 
-    common = dict(name=entry["name"], component=entry["component"], layer=entry["layer"],
-                  positions=entry.get("positions", "all"), source=entry.get("source", {}))
-    if kind == "additive":
-        coefficient = entry.get("coefficient", 1.0)
-        return AdditiveIntervention(vector=tensor("vector"), coefficient=coefficient, **common)
-    return SetIntervention(units=tensor("units"), values=tensor("values"), **common)
+    return cls.from_entry(entry, tensor)

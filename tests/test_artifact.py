@@ -54,7 +54,7 @@ def test_save_writes_sorted_json_safetensors_card_and_pyvene_layout(saved):
     text = (path / CONFIG_NAME).read_text()
     raw = json.loads(text)
     assert text == json.dumps(raw, indent=2, sort_keys=True) + "\n"
-    assert raw["format_version"] == 1 and raw["library"]["name"] == "surgical-steering"
+    assert raw["format_version"] == 2 and raw["library"]["name"] == "surgical-steering"
     assert raw["base_model"]["hidden_size"] == 32 and raw["base_model"]["num_hidden_layers"] == 4
     assert raw["base_model"]["model_type"] == "gemma3_text"
     assert raw["interventions"][0]["source"]["languages"] == ["en", "ko"]

@@ -112,8 +112,8 @@ BAD = {
         [1, 2, 64])})), "interventions[2].units", "out of range"),
     "values_shape": (lambda p: _edit_tensors(p, lambda t: t.update({"experts_ko.values": torch.zeros(2)})),
                      "interventions[2].values", "one value per unit"),
-    "format_version": (lambda p: _edit(p, lambda r: r.update(format_version=7)), "format_version", "expected 1"),
-    "malformed_json": (lambda p: (p / CONFIG_NAME).write_text('{"format_version": 1,'), "json", "line 1"),
+    "format_version": (lambda p: _edit(p, lambda r: r.update(format_version=7)), "format_version", "expected 2"),
+    "malformed_json": (lambda p: (p / CONFIG_NAME).write_text('{"format_version": 2,'), "json", "line 1"),
     "hidden_size_mismatch": (lambda p: _edit(p, lambda r: r["base_model"].update(hidden_size=640)),
                              "base_model.hidden_size", "640"),
     "duplicate_name": (lambda p: _edit(p, lambda r: r["interventions"][1].update(name="en_transfer")),
@@ -126,8 +126,8 @@ BAD = {
     # ------------------------------------------------ issue 12: duplicate and unknown keys
     "duplicate_key_layer": (lambda p: _edit_text(p, '"layer": 1,', '"layer": 3, "layer": 1,'),
                             "interventions[0].layer", "duplicate key"),
-    "duplicate_top_key": (lambda p: _edit_text(p, '"format_version": 1,', '"format_version": 1, '
-                                               '"format_version": 1,'), "format_version", "duplicate key"),
+    "duplicate_top_key": (lambda p: _edit_text(p, '"format_version": 2,', '"format_version": 2, '
+                                               '"format_version": 2,'), "format_version", "duplicate key"),
     "misspelled_coefficient": (lambda p: _edit(p, lambda r: _rename_key(r["interventions"][0], "coefficient",
                                                                         "coeficient")),
                                "interventions[0].coeficient", "did you mean 'coefficient'"),
@@ -164,7 +164,7 @@ BAD = {
     "entry_not_object": (lambda p: _edit(p, lambda r: r["interventions"].append(1)), "interventions[3]",
                          "JSON object"),
     "format_version_bool": (lambda p: _edit(p, lambda r: r.update(format_version=True)), "format_version",
-                            "expected 1"),
+                            "expected 2"),
     "hidden_size_string": (lambda p: _edit(p, lambda r: r["base_model"].update(hidden_size="32")),
                            "base_model.hidden_size", "positive int"),
     "library_not_mapping": (lambda p: _edit(p, lambda r: r.update(library="surgical-steering")), "library",
