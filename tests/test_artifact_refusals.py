@@ -184,6 +184,19 @@ BAD = {
     "set_values_float64_1e300": (lambda p: _edit_tensors(p, lambda t: t.update(
         {"experts_ko.values": torch.full((3,), -1e300, dtype=torch.float64)})), "interventions[2].values",
         "overflow"),
+    # ------------------------------------------------ format_version 2: role and language are typed fields
+    "unknown_role": (lambda p: _edit(p, lambda r: r["interventions"][0].update(role="transfer")),
+                     "interventions[0].role", "expected one of ['en_transfer', 'loc_cultural'"),
+    "role_null": (lambda p: _edit(p, lambda r: r["interventions"][1].update(role=None)), "interventions[1].role",
+                  "got None"),
+    "missing_role": (lambda p: _edit(p, lambda r: r["interventions"][2].pop("role")), "interventions[2].role",
+                     "missing"),
+    "missing_language": (lambda p: _edit(p, lambda r: r["interventions"][0].pop("language")),
+                         "interventions[0].language", "missing"),
+    "language_not_iso": (lambda p: _edit(p, lambda r: r["interventions"][1].update(language="Korean")),
+                         "interventions[1].language", "ISO 639"),
+    "misspelled_role": (lambda p: _edit(p, lambda r: _rename_key(r["interventions"][0], "role", "rol")),
+                        "interventions[0].rol", "did you mean 'role'"),
     # ------------------------------------------------ no symlink is followed out of the directory
     "config_symlink_outside": (lambda p: _symlink_out(p, CONFIG_NAME), CONFIG_NAME, "symbolic link"),
     "vectors_symlink_outside": (lambda p: _symlink_out(p, VECTORS_NAME), VECTORS_NAME, "symbolic link"),
@@ -214,7 +227,7 @@ def test_bad_artifacts_are_refused_naming_the_field(saved, case, monkeypatch, ca
 
 
 def test_the_catalogue_grew():
-    assert len(BAD) >= 22 + 30
+    assert len(BAD) >= 22 + 30 + 6  # + role/language (format_version 2)
 
 
 def test_a_symlink_inside_the_directory_is_read(saved):
