@@ -34,9 +34,17 @@ def runs_of(variants) -> list[str]:
 
 
 def uses_crossfit(recipe) -> bool:
+    """Layer/alpha ``auto``: the recipe's steering (when it runs) is the cross-fitted protocol."""
     s = recipe.steering
     return s.load is None and any(getattr(s, w).enabled and "auto" in (getattr(s, w).layer, getattr(s, w).alpha)
                                   for w in ("en", "loc"))
+
+
+def crossfit_evaluation(recipe) -> bool:
+    """The evaluate/report stages read the cross-fitted steering stage: ``auto`` and the stage runs (a steered
+    variant, or analysis/publish asks for its vectors); otherwise the plain plane evaluates base/cla."""
+    steered = any(Variant.parse(v).steered for v in recipe.evaluate.variants)
+    return uses_crossfit(recipe) and (steered or recipe.analysis.enabled or recipe.publish.enabled)
 
 
 def settings_of(recipe, num_layers: int):
@@ -91,8 +99,9 @@ def run_crossfit(ctx, stage, out: Path) -> dict:
                                 n_localization=e.n_localization, n_en=recipe.steering.en.n,
                                 n_neutral=recipe.steering.selection.neutral_n, seed=recipe.seed)
             for lang in languages}
-    runs = runs_of(e.variants)
-    steered = {Variant.parse(v).model for v in e.variants if Variant.parse(v).steered}
+    # the models whose vectors are chosen (base when only analysis/publish asks for vectors)
+    steered = {Variant.parse(v).model for v in e.variants if Variant.parse(v).steered} or {"base"}
+    runs = [m for m in ("base", "cla") if m in steered or m in runs_of(e.variants)]
     primary = "cla" if "cla" in steered else "base"
     outcomes, report, grid, cosines, interventions, selection = [], {}, [], {}, [], {}
     middle = settings.layers[len(settings.layers) // 2]
@@ -217,4 +226,4 @@ def report_crossfit(ctx, stage, out: Path) -> dict:
         written += ["results.csv", "tests.csv"]
     return {"files": written, "tests": {t["test"]: t["verdict"] for t in results["tests"]}}
 
-__all__ = ["evaluate_crossfit", "report_crossfit", "run_crossfit", "runs_of", "settings_of", "uses_crossfit"]
+__all__ = ["crossfit_evaluation", "evaluate_crossfit", "report_crossfit", "run_crossfit", "runs_of", "settings_of", "uses_crossfit"]

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .crossfit_stage import evaluate_crossfit, report_crossfit, run_crossfit, uses_crossfit
+from .crossfit_stage import crossfit_evaluation, evaluate_crossfit, report_crossfit, run_crossfit, uses_crossfit
 from .plan import Plan, StagePlan
 from .schema import Recipe, RecipeError
 from .validate import check_layers, looks_like_path
@@ -231,7 +231,7 @@ def run_experts(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 
 
 def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
-    if uses_crossfit(ctx.recipe):
+    if crossfit_evaluation(ctx.recipe):
         return evaluate_crossfit(ctx, stage, out)
     _require("evaluate", "evaluate.plane", "evaluate_plane")
     from .evaluation import run_evaluate as run
@@ -240,7 +240,7 @@ def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 
 
 def run_report(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
-    if uses_crossfit(ctx.recipe):
+    if crossfit_evaluation(ctx.recipe):
         return report_crossfit(ctx, stage, out)
     _require("report", "evaluate.report", "render_report")
     _require("report", "evaluate.plots", "plot_all")

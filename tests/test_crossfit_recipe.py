@@ -175,8 +175,6 @@ def test_auto_recipe_with_an_adapter_steers_the_aligned_model(model_dir, tmp_pat
     assert {iv.name for iv in config.interventions} == steered
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="known bug (reported): with layer/alpha auto and only "
-                   "unsteered variants the steering stage is inactive, and evaluate_crossfit reads its missing output")
 def test_auto_recipe_with_only_unsteered_variants_evaluates_the_plain_models(model_dir, tmp_path):
     data = auto_recipe(model_dir)
     data["evaluate"]["variants"] = ["base"]
