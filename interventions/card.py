@@ -64,8 +64,8 @@ with steer(model, config):
     out = model.generate(**tokenizer("...", return_tensors="pt"), max_new_tokens=20)
 ```
 
-Files: `intervention_config.json` (what, where, how strong, role and language, provenance), `intervention_vectors.safetensors`
-(the tensors). Loading reads JSON and safetensors only. {pyvene_note}
+Files: `intervention_config.json` (what, where, how strong, role and language, provenance),
+`intervention_vectors.safetensors` (the tensors). Loading reads JSON and safetensors only. {pyvene_note}
 """
     if extra:
         body += "\n## Results\n\n" + extra.strip() + "\n"
