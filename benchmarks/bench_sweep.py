@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate.tasks import get_task  # noqa: E402
 from interventions import load_model, load_tokenizer  # noqa: E402
 from interventions.components import decoder_layers  # noqa: E402
-from interventions.sweep import cached_sweep, evaluate_axes, sweep  # noqa: E402
+from evaluate.sweep import cached_sweep, evaluate_axes, sweep  # noqa: E402
 from interventions.vectors import en_transfer_vectors  # noqa: E402
 
 

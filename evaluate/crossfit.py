@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from interventions.config import InterventionConfig
 from interventions.controls import control_intervention
 from interventions.steer import steer
-from interventions.sweep import cached_sweep
+from evaluate.sweep import cached_sweep
 from interventions.vectors import SteeringVectors, sentence_representations
 
 from .margins import item_margin

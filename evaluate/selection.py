@@ -1,12 +1,12 @@
 """Cross-validated choice of (layer, alpha) from ONE scored grid, and out-of-fold steering vectors.
 
-The scored grid is what a sweep with ``per_item=True`` returns (:func:`interventions.sweep.cached_sweep`):
+The scored grid is what a sweep with ``per_item=True`` returns (:func:`evaluate.sweep.cached_sweep`):
 per (layer, alpha) cell and item, the item's ``margin`` and ``correct`` on its axis (transfer or
 localization), plus the cell's ``kl`` from the sweep rows. No model is called here.
 
 :func:`cross_validate` splits the items into k folds by group (:func:`group_folds`: every item of a group --
 a concept, a fact -- in the same fold; seeded; groups dealt per axis so each fold gets both axes) and for each
-fold chooses a cell on the OTHER folds' items with :func:`interventions.sweep.choose`: maximise the mean gain
+fold chooses a cell on the OTHER folds' items with :func:`evaluate.sweep.choose`: maximise the mean gain
 over the unsteered model on the vector's own axis, subject to the other axis' mean gain >= -tolerance and
 kl <= max_kl; alpha = 0 (unsteered) always a candidate and chosen unless a cell gained strictly on the
 selection data; ties to the smaller |alpha|, then the smaller KL, then a seeded draw (never by depth). Each
@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from interventions.sweep import RULES, choose
+from evaluate.sweep import RULES, choose
 from interventions.vectors import SteeringVectors
 
 OUTCOMES = ("margin", "correct")

@@ -1,6 +1,6 @@
 """The sweep figure (seaborn on the Agg backend): ``plot_sweep(rows, path)``.
 
-For the rows of :func:`interventions.sweep.sweep` / ``cached_sweep`` of one or several vectors, one figure
+For the rows of :func:`evaluate.sweep.sweep` / ``cached_sweep`` of one or several vectors, one figure
 row per vector (facet) with four panels:
 
 * heatmaps layer x coefficient of ``transfer_gain`` and ``localization_gain`` (diverging, centred on 0,
@@ -31,7 +31,7 @@ GAINS = ("transfer_gain", "localization_gain")
 
 def _frame(rows) -> pd.DataFrame:
     if not isinstance(rows, (list, tuple)) or not rows:
-        raise ValueError("rows: expected a non-empty list of sweep rows (dicts from interventions.sweep.sweep)")
+        raise ValueError("rows: expected a non-empty list of sweep rows (dicts from evaluate.sweep.sweep)")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"rows[{i}]: expected a dict (a sweep row), got {type(row).__name__}")

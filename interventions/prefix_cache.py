@@ -1,4 +1,4 @@
-"""Record once, replay many times: the prefix cache behind :func:`interventions.sweep.cached_sweep`.
+"""Record once, replay many times: the prefix cache behind :func:`evaluate.sweep.cached_sweep`.
 
 Steering ``block_output`` at layer ``l`` leaves layers <= ``l`` unchanged, so one unsteered pass can stand
 in for their forward in every steered cell at layer ``l`` (:class:`PrefixCache`).

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interventions import sweep as S
+from evaluate import sweep as S
 from interventions.config import InterventionConfig
 from interventions.prefix_cache import PrefixCache
 from interventions.steer import steer
 from interventions.vectors import SteeringVectors, decoder_layers
-from test_vectors import char_tokenizer
-from tiny_models import tiny_model
+from tiny_models import char_tokenizer, tiny_model
 
 NEUTRAL = ["The river runs to the sea.", "Birds fly south in winter", "Seven is a number.", "Ok"]
 

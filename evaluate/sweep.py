@@ -37,7 +37,12 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from evaluate.analysis import write_csv
+from evaluate.margins import item_margin
+from evaluate.scoring import score_items
+from interventions.config import InterventionConfig
 from interventions.prefix_cache import PrefixCache
+from interventions.steer import steer
 from interventions.vectors import SteeringVectors
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
@@ -48,27 +53,17 @@ MEASURES = {"margin": "_margin_gain", "score": "_gain"}
 
 # --------------------------------------------------------------------------- per-item outcomes
 
-def item_margin(item, score, axis: str) -> tuple[float, float] | None:
-    """``(margin, correct)`` of one scored item on ``axis``, or None when it has no answer key for it.
-
-    ``"transfer"``: the gold minus the best other candidate; ``"localization"``: the local answer minus the US
-    one; in the numbers the scorer chose by (summed log-prob, or per-token mean for ``normalization="mean"``).
-    The same definition as ``evaluate.margins.item_margin`` (kept here: interventions does not import
-    evaluate's outcome code).
-    """
-    values = score.mean_logprob if score.normalization == "mean" else score.logprob
-    if axis == "transfer":
-        if item.gold is None or len(values) < 2:
-            return None
-        return float(values[item.gold] - max(v for j, v in enumerate(values) if j != item.gold)), \
-            float(score.choice == item.gold)
-    if item.local is None or item.us is None:
+def _outcome(item, score, axis: str) -> tuple[float, float] | None:
+    """``(margin, correct)`` of one scored item on ``axis`` (:func:`evaluate.margins.item_margin`), or None when
+    the item has no answer key for that axis."""
+    margin = item_margin(item, score, axis)
+    if margin is None:
         return None
-    return float(values[item.local] - values[item.us]), float(score.choice == item.local)
+    return margin, float(score.choice == (item.gold if axis == "transfer" else item.local))
 
 
 def _axis_means(items, scores, axis: str) -> tuple[float | None, float | None]:
-    outs = [m for m in (item_margin(it, s, axis) for it, s in zip(items, scores)) if m is not None]
+    outs = [m for m in (_outcome(it, s, axis) for it, s in zip(items, scores)) if m is not None]
     if not outs:
         return None, None
     return sum(c for _, c in outs) / len(outs), sum(m for m, _ in outs) / len(outs)
@@ -119,8 +114,6 @@ def kl_divergence(steered: torch.Tensor, base: torch.Tensor) -> float:
 
 def _measure(model, tokenizer, transfer_items, localization_items, neutral_texts, batch_size):
     """Per-item scores of both axes and the neutral texts' next-token log-probs (None without texts)."""
-    from evaluate.scoring import score_items
-
     t = score_items(model, tokenizer, transfer_items, batch_size=batch_size, progress=False)
     l = score_items(model, tokenizer, localization_items, batch_size=batch_size, progress=False)
     neutral = next_token_logprobs(model, tokenizer, neutral_texts, batch_size) if neutral_texts else None
@@ -155,7 +148,7 @@ def _records(vectors, inter, transfer_items, t, localization_items, l) -> list[d
     out = []
     for axis, items, scores in (("transfer", transfer_items, t), ("localization", localization_items, l)):
         for it, s in zip(items, scores):
-            m = item_margin(it, s, axis)
+            m = _outcome(it, s, axis)
             if m is not None:
                 out.append({"vector": vectors.name, "layer": int(inter.layer), "alpha": inter.source.get("alpha"),
                             "item_id": it.id, "group": it.group or it.id, "axis": axis, "margin": m[0],
@@ -177,9 +170,6 @@ def _check(layers, alphas, transfer_items, localization_items, neutral_texts):
 
 def _run(model, tokenizer, vectors, layers, transfer_items, localization_items, alphas, neutral_texts, positions,
          batch_size, progress, per_item, cached):
-    from interventions.config import InterventionConfig
-    from interventions.steer import steer
-
     _check(layers, alphas, transfer_items, localization_items, neutral_texts)
     neutral_texts = list(neutral_texts)
     measure = (model, tokenizer, transfer_items, localization_items, neutral_texts, batch_size)
@@ -309,8 +299,6 @@ def surgical_config(model, en: SteeringVectors, en_row: dict, loc: SteeringVecto
 
     A row chosen as unsteered (``steered`` False, alpha 0) adds no intervention.
     """
-    from interventions.config import InterventionConfig
-
     inters = []
     for vec, row, rule in ((en, en_row, "en"), (loc, loc_row, "loc")):
         if row.get("steered") is False or row.get("layer") is None:
@@ -326,8 +314,6 @@ def surgical_config(model, en: SteeringVectors, en_row: dict, loc: SteeringVecto
 
 def save_sweep(rows: Sequence[dict], path: str | Path) -> Path:
     """The sweep table as JSON (a list of rows, sorted keys) at ``path`` and a CSV of the same rows beside it."""
-    from evaluate.analysis import write_csv
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(list(rows), indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
