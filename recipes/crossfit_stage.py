@@ -137,8 +137,7 @@ def run_crossfit(ctx, stage, out: Path) -> dict:
                                            "kind": w, "language": lang, "selected": how}
                     if m["steered"]:
                         iv = vec.intervention(m["layer"], alpha=m["alpha"])
-                        iv.source.update(selected=how, selection_folds=m["folds"], n_folds=m["n_folds"],
-                                         role=vec.source.get("role"), language=lang)
+                        iv.source.update(selected=how, selection_folds=m["folds"], n_folds=m["n_folds"])
                         interventions.append(iv)
     if not all(math.isfinite(o["margin"]) for o in outcomes):  # the scorer raises first; never write NaN
         raise RecipeError("steering", "non-finite out-of-fold margins (the model overflowed)")

@@ -44,28 +44,20 @@ from interventions.config import InterventionConfig
 
 from .distributed import distributed_map
 from .pooling import pooled_rows
-from .schema import LANGUAGES, RecipeError
+from .schema import RecipeError
 from .variants import Variant as VariantName
 
 ITEM_IDS = "item_ids.json"
 
 
-def intervention_kind(name: str) -> tuple[str | None, str | None]:
-    """('en' | 'loc' | None, language or None) from an intervention's name."""
-    kind = "en" if name.startswith("en") else "loc" if name.startswith("loc") else None
-    tail = name.rsplit("_", 1)[-1]
-    return kind, (tail if "_" in name and tail in LANGUAGES else None)
+ROLE_VARIANT = {"en_transfer": "en", "loc_cultural": "loc", "experts": "experts"}
+"""The variant role each intervention role serves (controls and others serve none)."""
 
 
 def intervention_role(iv) -> tuple[str | None, str | None]:
-    """(role, language or None) of an intervention: ``experts`` for units found by
-    :func:`interventions.experts.find_experts` (its ``source`` records the method and the language), else
-    ``en`` / ``loc`` from the name (:func:`intervention_kind`)."""
-    source = iv.source if isinstance(iv.source, dict) else {}
-    if source.get("method") == "finding_experts":
-        language = source.get("language")
-        return "experts", language if language in LANGUAGES else None
-    return intervention_kind(iv.name)
+    """(variant role: ``en`` / ``loc`` / ``experts`` / None, language or None) from the intervention's typed
+    ``role`` and ``language`` fields (format 2; version-1 directories are migrated when loaded)."""
+    return ROLE_VARIANT.get(iv.role), iv.language
 
 
 def _holdings(config) -> str:

@@ -576,12 +576,21 @@ def test_half_written_stage_directories_are_not_trusted(tmp_path, fake_stages):
 
 
 def test_evaluation_helpers():
-    from recipes.evaluation import intervention_kind, merge_results
+    import torch
 
-    assert intervention_kind("en_transfer_ko") == ("en", "ko")
-    assert intervention_kind("loc_zh") == ("loc", "zh")
-    assert intervention_kind("en_transfer") == ("en", None)
-    assert intervention_kind("expert_units") == (None, None)
+    from interventions.config import AdditiveIntervention
+    from recipes.evaluation import intervention_role, merge_results
+
+    def iv(name, role=None, language=None, source=None):
+        return AdditiveIntervention(name=name, component="block_output", layer=1, vector=torch.ones(4),
+                                    coefficient=1.0, positions="all", source=source or {}, role=role,
+                                    language=language)
+
+    assert intervention_role(iv("x", "en_transfer", "ko")) == ("en", "ko")
+    assert intervention_role(iv("x", "loc_cultural", "zh")) == ("loc", "zh")
+    # a control is no EN vector, whatever its name says (names are never parsed)
+    assert intervention_role(iv("en_transfer_ko_control", "control", "ko")) == (None, "ko")
+    assert intervention_role(iv("v", source={"role": "loc_cultural", "language": "es"})) == ("loc", "es")
 
     def part(lang, value):
         return {"config": {"languages": [lang], "tasks": ["blend"]}, "timings_s": {"total": 1.5},
