@@ -37,7 +37,7 @@ from evaluate.tasks import get_task  # noqa: E402
 from interventions import load_model, load_tokenizer  # noqa: E402
 from interventions.components import decoder_layers  # noqa: E402
 from evaluate.sweep import cached_sweep, evaluate_axes, sweep  # noqa: E402
-from interventions.vectors import en_transfer_vectors  # noqa: E402
+from evaluate.contrasts import en_transfer_vectors  # noqa: E402
 
 
 def clocks() -> list[float]:

@@ -186,7 +186,7 @@ def llama_logprobs(llm, tokenizer, prompts) -> np.ndarray:
 def demo_config(model, tokenizer, language: str = "ko", layers=(6, 9), alpha: float = 1.0, n: int = 64):
     """A two-layer EN-transfer configuration (``positions="all"``) to compare when no directory is given."""
     from interventions import InterventionConfig
-    from interventions.vectors import en_transfer_vectors
+    from evaluate.contrasts import en_transfer_vectors
 
     vectors = en_transfer_vectors(model, tokenizer, language, n=n, progress=False, positions="all")
     ivs = [vectors.intervention(layer, alpha=alpha, name=f"en_{language}_l{layer}") for layer in layers]

@@ -263,7 +263,7 @@ def plot_by_layer(rows: list[dict], y: Sequence[str], path: str | Path, hue: str
 
 
 def _loc_vs_en_cosines(model, tokenizer, languages, n, progress) -> list[dict]:
-    from interventions.vectors import en_transfer_vectors, loc_vectors
+    from evaluate.contrasts import en_transfer_vectors, loc_vectors
 
     rows = []
     for lang in languages:

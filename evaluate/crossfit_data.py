@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .contrasts import pair_key
 from .crossfit import LanguageData
 from .loaders import load_flores
 from .sampling import stratified_sample
 from .tasks import get_task
-
-
-def _pair_key(item) -> str:
-    suffix = f"/{item.cue}"
-    return item.id[: -len(suffix)] if item.id.endswith(suffix) else (item.group or item.id)
 
 
 def localization_data(tasks: Sequence[str], language: str, seed: int = 0, n: int | None = None):
@@ -37,12 +33,12 @@ def localization_data(tasks: Sequence[str], language: str, seed: int = 0, n: int
         every = task.items(language, split="all")
         if n is not None:
             every = stratified_sample(every, n, seed=seed, gold=None)
-        explicit = {_pair_key(it): it for it in every if it.cue == "explicit"}
+        explicit = {pair_key(it): it for it in every if it.cue == "explicit"}
         for it in every:
-            if it.cue != "implicit" or _pair_key(it) not in explicit:
+            if it.cue != "implicit" or pair_key(it) not in explicit:
                 continue
             items.append(it)
-            pairs.append((explicit[_pair_key(it)].prompt, it.prompt, it.group or it.id))
+            pairs.append((explicit[pair_key(it)].prompt, it.prompt, it.group or it.id))
     return items, pairs
 
 

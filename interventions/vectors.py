@@ -1,4 +1,4 @@
-"""Steering vectors: the estimators, the EN / LOC builders, and interventions in the vector's own units.
+"""Steering vectors: the estimators from paired texts, and interventions in the vector's own units.
 
 Activations are collected by :mod:`interventions.activations` (re-exported here): the residual stream
 after every decoder layer (``block_output``), one forward of the decoder stack per batch.
@@ -15,11 +15,10 @@ Definitions (used in configs' ``source`` and in the README):
   difference (its projection onto ``v[l]``), e.g. moves L's centroid onto English's for EN; alpha = 0 is
   the unsteered model bit for bit. For a ``mean_difference`` vector ``alpha_scale = 1`` (coefficient ==
   alpha). Comparable across layers, whose ``||v[l]||`` differ ~30x.
-* EN-transfer vector for language L: ``mean h_l(English FLORES dev) - mean h_l(L FLORES dev)`` on the
-  same (parallel) sentences, mean-pooled; applied to the prompt (``positions="prompt"``) by default.
-* LOC-cultural vector for language L: ``mean h_l(L prompt with the explicit country cue) -
-  mean h_l(the same L prompt without it)`` on the ``extract`` split of the localization tasks, at the
-  last prompt token; applied at the last prompt token (``positions="last"``), where it was estimated.
+
+The experiment's two contrasts (the EN-transfer vector from parallel FLORES sentences, the LOC-cultural
+vector from explicit/implicit country-cue prompts) choose their texts in :mod:`evaluate.contrasts`, which
+calls :func:`contrast_vectors`.
 """
 
 from __future__ import annotations
@@ -197,70 +196,15 @@ def _steering_vectors(name: str, paired: PairedStats, method: str, positions: st
     return SteeringVectors(name, vecs, paired.layers, _residual_norms(paired), source, scale, positions)
 
 
-def en_transfer_vectors(model, tokenizer, language: str, n: int = 256, split: str = "dev", reduce: str = "mean",
-                        method: str = "mean_difference", batch_size: int = 16, progress: bool = True,
-                        positions: str = "prompt") -> SteeringVectors:
-    """v_EN[l] = mean h_l(English) - mean h_l(``language``) over the first ``n`` parallel FLORES sentences.
+def contrast_vectors(model, tokenizer, name: str, positive_texts: Sequence[str], negative_texts: Sequence[str],
+                     source: dict, reduce: str = "mean", method: str = "mean_difference", batch_size: int = 16,
+                     progress: bool = True, positions: str = "all") -> SteeringVectors:
+    """v[l] = the ``method`` estimate of mean h_l(positive_texts) - mean h_l(negative_texts), paired by index.
 
-    Its interventions apply to the prompt by default (``positions="prompt"``), never to the scored answer.
+    ``source`` (what the texts are) is extended with the method, the prompt count, ``alpha_scale`` and the
+    alpha definition. The experiment's EN / LOC contrasts (which texts) are built in
+    :mod:`evaluate.contrasts`.
     """
-    from evaluate.loaders import load_flores
-
-    if language == "en":
-        raise ValueError("language: the EN-transfer vector needs a non-English language")
-    english, other = load_flores("en", split)[:n], load_flores(language, split)[:n]
-    paired = collect_paired(model, tokenizer, english, other, reduce=reduce, batch_size=batch_size,
+    paired = collect_paired(model, tokenizer, positive_texts, negative_texts, reduce=reduce, batch_size=batch_size,
                             progress=progress)
-    source = {"vector": "en_transfer", "positive": "en", "negative": language, "data": f"flores200/{split}",
-              "languages": ["en", language], "reduce": reduce,
-              "definition": "mean h_l(en) - mean h_l(L), parallel FLORES sentences"}
-    return _steering_vectors(f"en_transfer_{language}", paired, method, positions, source)
-
-
-def _pair_key(item) -> str:
-    suffix = f"/{item.cue}"
-    return item.id[: -len(suffix)] if item.id.endswith(suffix) else (item.group or item.id)
-
-
-def cue_pairs(items_explicit, items_implicit) -> tuple[list[str], list[str], list[str]]:
-    """Match explicit-cue items to their cue-less twins (id without the cue suffix, else ``group``)."""
-    implicit = {_pair_key(it): it for it in items_implicit}
-    pos, neg, keys = [], [], []
-    for it in items_explicit:
-        twin = implicit.get(_pair_key(it))
-        if twin is not None:
-            pos.append(it.prompt)
-            neg.append(twin.prompt)
-            keys.append(_pair_key(it))
-    return pos, neg, keys
-
-
-def loc_vectors(model, tokenizer, language: str, tasks: Sequence[str] = ("blend", "locale_probe"),
-                split: str = "extract", n: int | None = None, reduce: str = "last",
-                method: str = "mean_difference", batch_size: int = 16, progress: bool = True,
-                positions: str = "last") -> SteeringVectors:
-    """v_LOC[l] = mean h_l(L prompt with explicit country cue) - mean h_l(same prompt, no cue).
-
-    Estimated at the last prompt token (``reduce="last"``) and applied there by default (``positions="last"``).
-    """
-    from evaluate.tasks import get_task
-
-    pos, neg, per_task = [], [], {}
-    for task in tasks:
-        t = get_task(task)
-        p, q, _ = cue_pairs(t.items(language, split=split, cue="explicit"), t.items(language, split=split,
-                                                                                     cue="implicit"))
-        pos += p
-        neg += q
-        per_task[task] = len(p)
-    if n is not None:
-        pos, neg = pos[:n], neg[:n]
-    if not pos:
-        raise ValueError(f"tasks {list(tasks)}: no explicit/implicit cue pairs for language {language!r} "
-                         f"in split {split!r}")
-    paired = collect_paired(model, tokenizer, pos, neg, reduce=reduce, batch_size=batch_size, progress=progress)
-    source = {"vector": "loc_cultural", "positive": f"{language}+explicit_cue", "negative": f"{language}+no_cue",
-              "data": [f"{t}/{split}" for t in tasks], "pairs_per_task": per_task, "languages": [language],
-              "reduce": reduce,
-              "definition": "mean h_l(L prompt with explicit country cue) - mean h_l(same L prompt without cue)"}
-    return _steering_vectors(f"loc_{language}", paired, method, positions, source)
+    return _steering_vectors(name, paired, method, positions, dict(source, reduce=reduce))

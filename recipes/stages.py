@@ -186,7 +186,7 @@ def compute_interventions(ctx: RunContext, model, out: Path):
     (``auto`` goes through :mod:`recipes.crossfit_stage` instead)."""
     from interventions.config import InterventionConfig
     from interventions.vector_io import save_vectors
-    from interventions.vectors import en_transfer_vectors, loc_vectors
+    from evaluate.contrasts import en_transfer_vectors, loc_vectors
 
     s = ctx.recipe.steering
     languages = [x for x in ctx.recipe.evaluate.languages if x != "en"]

@@ -271,7 +271,8 @@ def test_bf16_device_map_auto_load_steer_score(tmp_path, monkeypatch):
     from interventions.config import InterventionConfig
     from interventions.models import load_model, load_tokenizer
     from interventions.steer import steer
-    from interventions.vectors import en_transfer_vectors, steering_vector
+    from evaluate.contrasts import en_transfer_vectors
+    from interventions.vectors import steering_vector
 
     import transformers
 

@@ -7,6 +7,7 @@ import string
 import pytest
 import torch
 
+from evaluate import contrasts as C
 from interventions import vectors as V
 from tiny_models import tiny_lora, tiny_model
 
@@ -167,7 +168,7 @@ def test_cue_pairs_match_twins():
                 _Item("blend/ko/q2/explicit", "In Korea, q2?", "explicit"),
                 _Item("blend/ko/q3/explicit", "In Korea, q3?", "explicit")]
     implicit = [_Item("blend/ko/q2/implicit", "q2?", "implicit"), _Item("blend/ko/q1/implicit", "q1?", "implicit")]
-    pos, neg, keys = V.cue_pairs(explicit, implicit)
+    pos, neg, keys = C.cue_pairs(explicit, implicit)
     assert pos == ["In Korea, q1?", "In Korea, q2?"] and neg == ["q1?", "q2?"]
     assert keys == ["blend/ko/q1", "blend/ko/q2"]
 
@@ -226,11 +227,11 @@ def test_alpha_scale():
 def test_builders_apply_en_to_the_prompt_and_loc_at_the_last_token():
     import inspect
 
-    assert inspect.signature(V.en_transfer_vectors).parameters["positions"].default == "prompt"
-    assert inspect.signature(V.loc_vectors).parameters["positions"].default == "last"
-    assert inspect.signature(V.loc_vectors).parameters["reduce"].default == "last"
+    assert inspect.signature(C.en_transfer_vectors).parameters["positions"].default == "prompt"
+    assert inspect.signature(C.loc_vectors).parameters["positions"].default == "last"
+    assert inspect.signature(C.loc_vectors).parameters["reduce"].default == "last"
     model, tok = tiny_model("llama"), char_tokenizer()
-    en = V.en_transfer_vectors(model, tok, "es", n=4, batch_size=4, progress=False)
+    en = C.en_transfer_vectors(model, tok, "es", n=4, batch_size=4, progress=False)
     assert en.positions == "prompt" and en.intervention(1, alpha=1.0).positions == "prompt"
     assert en.intervention(1, alpha=1.0, positions="all").positions == "all"  # "all" stays available
     assert en.source["n_prompts"] == 4 and en.source["alpha_scale"] == [1.0] * 4
