@@ -245,8 +245,8 @@ def _check_load_conflicts(recipe: Recipe) -> None:
             d = default[key][sub] if sub is not None else default[key]
             if key != "load" and v != d:
                 where = f"steering.{key}" + (f".{sub}" if sub else "")
-                raise RecipeError(where, f"ignored when steering.load is set (the loaded directory fixes "
-                                         f"layers, alphas and components): remove it or steering.load")
+                raise RecipeError(where, "ignored when steering.load is set (the loaded directory fixes "
+                                         "layers, alphas and components): remove it or steering.load")
 
 
 def validate_recipe(recipe: Recipe) -> Recipe:
