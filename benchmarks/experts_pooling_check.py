@@ -5,7 +5,7 @@ sentence representation mean-pooled over all tokens (<bos> kept, as evaluate.exp
 non-special tokens (<bos> excluded), both from the same forward passes.
 
     python benchmarks/experts_pooling_check.py ar 10 100 RANKINGS_DIR out.json
-(RANKINGS_DIR/<lang>/ranking as written by ``python -m interventions.experts find|report``.)
+(RANKINGS_DIR/<lang>/ranking as written by ``python -m evaluate.experts find|report``.)
 """
 import json, sys, time
 import numpy as np, torch

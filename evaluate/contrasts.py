@@ -6,8 +6,12 @@
   mean h_l(the same L prompt without it)`` on the ``extract`` split of the localization tasks, at the
   last prompt token; applied at the last prompt token (``positions="last"``), where it was estimated.
 
-The estimate itself (mean difference or PCA, ``alpha_scale``) is
-:func:`interventions.vectors.contrast_vectors`, which takes texts; this module loads them.
+* Language experts for L: units whose response tells FLORES dev sentences in L from those in the other
+  contrast languages (:func:`flores_experts`).
+
+The estimates themselves (mean difference or PCA with ``alpha_scale``; the experts' average precision) are
+:func:`interventions.vectors.contrast_vectors` and :func:`interventions.experts.find_experts`, which take
+texts; this module loads them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Sequence
 
 from evaluate.loaders import load_flores
 from evaluate.tasks import get_task
+from interventions.experts import ExpertRanking, find_experts
 from interventions.vectors import SteeringVectors, contrast_vectors
+
+EXPERTS_CONTRAST = ("en", "ar", "es", "id", "ko", "zh")
 
 
 def en_transfer_vectors(model, tokenizer, language: str, n: int = 256, split: str = "dev", reduce: str = "mean",
@@ -83,3 +90,15 @@ def loc_vectors(model, tokenizer, language: str, tasks: Sequence[str] = ("blend"
               "definition": "mean h_l(L prompt with explicit country cue) - mean h_l(same L prompt without cue)"}
     return contrast_vectors(model, tokenizer, f"loc_{language}", pos, neg, source, reduce=reduce, method=method,
                             batch_size=batch_size, progress=progress, positions=positions)
+
+
+def flores_experts(model, tokenizer, languages: Sequence[str] = EXPERTS_CONTRAST, *,
+                   targets: Sequence[str] | None = None, n: int = 200, split: str = "dev", k_max: int = 1000,
+                   components: Sequence[str] = ("mlp_hidden",), bins: int = 512, batch_size: int = 16,
+                   progress: bool = True) -> dict[str, ExpertRanking]:
+    """:func:`~interventions.experts.find_experts` on the first ``n`` FLORES ``split`` sentences of each of
+    ``languages``: a ranking per target (default: every language but English) against the others."""
+    texts = {lang: load_flores(lang, split)[:n] for lang in dict.fromkeys(languages)}
+    return find_experts(model, tokenizer, texts, targets=targets, k_max=k_max, components=components, bins=bins,
+                        batch_size=batch_size, progress=progress,
+                        source={"data": f"flores200/{split}", "n_per_language": n})

@@ -23,7 +23,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,6 @@ from interventions.expert_ap import StreamingAP, average_precision_exact  # noqa
 from interventions.vectors import tokenize
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LANGUAGES = ("en", "ar", "es", "id", "ko", "zh")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,36 +171,40 @@ class ExpertRanking:
                    t["medians"], meta.get("source", {}))
 
 
-def flores_contrast(languages: Sequence[str] = DEFAULT_LANGUAGES, n: int = 200, split: str = "dev"
-                    ) -> tuple[list[str], list[int]]:
-    """The first ``n`` FLORES sentences of each language, interleaved (so every batch mixes languages)."""
-    from evaluate.loaders import load_flores
-
-    per = [load_flores(lang, split)[:n] for lang in languages]
-    texts, groups = [], []
-    for i in range(n):
+def interleave(texts: Mapping[str, Sequence[str]]) -> tuple[list[str], list[int]]:
+    """The texts of every language interleaved (so every batch mixes languages), with each text's group: the
+    index of its language in ``texts``."""
+    per = list(texts.values())
+    texts_out, groups = [], []
+    for i in range(max((len(t) for t in per), default=0)):
         for g, sents in enumerate(per):
             if i < len(sents):
-                texts.append(sents[i])
+                texts_out.append(sents[i])
                 groups.append(g)
-    return texts, groups
+    return texts_out, groups
 
 
-def find_experts(model, tokenizer, languages: Sequence[str] = DEFAULT_LANGUAGES, *, targets: Sequence[str] | None
-                 = None, n: int = 200, k_max: int = 1000, components: Sequence[str] = ("mlp_hidden",),
-                 bins: int = 512, batch_size: int = 16, split: str = "dev", progress: bool = True
+def find_experts(model, tokenizer, texts: Mapping[str, Sequence[str]], *, targets: Sequence[str] | None = None,
+                 k_max: int = 1000, components: Sequence[str] = ("mlp_hidden",), bins: int = 512,
+                 batch_size: int = 16, progress: bool = True, source: Mapping | None = None
                  ) -> dict[str, ExpertRanking]:
-    """Rank the units of ``model`` as experts of each target language against the other ``languages``.
+    """Rank the units of ``model`` as experts of each target language against the other languages.
 
-    One streaming pass over ``n`` FLORES ``split`` sentences per language; returns a ranking per target
-    (default: every language but English) holding the AP of every unit and the top ``k_max`` medians.
+    ``texts``: ``{language: sentences}`` (e.g. parallel FLORES sentences, loaded by
+    :func:`evaluate.contrasts.flores_experts`); one streaming pass over all of them. Returns a ranking per
+    target (default: every language but English) holding the AP of every unit and the top ``k_max`` medians;
+    ``source`` (what the texts are) is added to each ranking's provenance.
     """
-    languages = list(languages)
+    languages = list(texts)
     targets = [t for t in languages if t != "en"] if targets is None else list(targets)
     for t in targets:
         if t not in languages:
             raise ValueError(f"targets: {t!r} is not among languages {languages}")
-    texts, groups = flores_contrast(languages, n, split)
+    empty = [lang for lang in languages if not texts[lang]]
+    if empty:
+        raise ValueError(f"texts: no sentences for {empty}")
+    counts = {lang: len(texts[lang]) for lang in languages}
+    texts, groups = interleave(texts)
     # longest first: less padding per batch, and the first batch (which fixes the bin ranges) sees long sentences
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
@@ -221,11 +223,11 @@ def find_experts(model, tokenizer, languages: Sequence[str] = DEFAULT_LANGUAGES,
         g = languages.index(t)
         ap = acc.average_precision(g)
         order = torch.argsort(ap, descending=True, stable=True)[:k_max]
-        source = {"method": "finding_experts", "language": t, "negatives": [x for x in languages if x != t],
-                  "data": f"flores200/{split}", "n_per_language": n, "response": "max_over_tokens",
-                  "value": "median_over_positives", "components": list(components), "bins": bins,
-                  "model": model_id(model)}
-        out[t] = ExpertRanking(t, blocks, ap, order, acc.median(g, order), source)
+        provenance = {"method": "finding_experts", "language": t, "negatives": [x for x in languages if x != t],
+                      "n_per_language": min(counts.values()), "response": "max_over_tokens",
+                      "value": "median_over_positives", "components": list(components), "bins": bins,
+                      "model": model_id(model), **(source or {})}
+        out[t] = ExpertRanking(t, blocks, ap, order, acc.median(g, order), provenance)
     return out
 
 
@@ -237,9 +239,3 @@ def unit_widths(model, components: Sequence[str]) -> list[int]:
         w = getattr(base, "in_features", None)
         widths.append(int(w) if w is not None else int(base.weight.shape[0]))  # Conv1D (gpt2): weight [in, out]
     return widths
-
-
-if __name__ == "__main__":
-    from interventions.experts_cli import main
-
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 On the recipe's model (the base model; the stage runs before any adapter is loaded) it ranks the units of
 ``experts.components`` as experts of each target language against the contrast pool (one streaming pass over
-``experts.n`` FLORES dev sentences per language, :func:`interventions.experts.find_experts`) and writes, per
+``experts.n`` FLORES dev sentences per language, :func:`evaluate.contrasts.flores_experts`) and writes, per
 language ``L``:
 
 - ``L/experts_k<k>/``: the top-``k`` experts forced to their median response over positives at every position,
@@ -69,16 +69,16 @@ def write_rows_csv(rows: list[dict], path: Path) -> None:
 
 def run_experts(ctx, stage, out: Path) -> dict:
     from evaluate import experts_eval
-    from interventions.experts import find_experts
+    from evaluate.contrasts import flores_experts
 
     x = stage.config
     model, tokenizer = ctx.model, ctx.tokenizer
     ctx.seed()
     k_max = max([x["k"], *x["ks"]])
     t0 = time.time()
-    rankings = find_experts(model, tokenizer, x["contrast"], targets=x["languages"], n=x["n"], k_max=k_max,
-                            components=x["components"], bins=x["bins"],
-                            batch_size=ctx.recipe.evaluate.batch_size)
+    rankings = flores_experts(model, tokenizer, x["contrast"], targets=x["languages"], n=x["n"], k_max=k_max,
+                              components=x["components"], bins=x["bins"],
+                              batch_size=ctx.recipe.evaluate.batch_size)
     find_s = time.time() - t0
     interventions = {}
     for lang, ranking in rankings.items():

@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import BatchEncoding
 
-from interventions.experts import (ExpertRanking, StreamingAP, average_precision_exact, find_experts,
-                                   iter_unit_responses, unit_modules, unit_widths)
+from evaluate.contrasts import flores_experts
+from interventions.experts import (ExpertRanking, StreamingAP, average_precision_exact, iter_unit_responses,
+                                   unit_modules, unit_widths)
 from tiny_models import tiny_model
 
 
@@ -122,8 +123,8 @@ def test_find_save_load_and_forced_units(tmp_path, monkeypatch):
               "es": [f"el gato numero {i}" for i in range(12)]}
     monkeypatch.setattr("evaluate.loaders.load_flores", lambda lang, split="dev": corpus[lang])
     model, tok = tiny_model("gemma3"), ByteTokenizer()
-    rankings = find_experts(model, tok, ["en", "ko", "es"], n=12, k_max=10, bins=64, batch_size=5,
-                            progress=False)
+    rankings = flores_experts(model, tok, ["en", "ko", "es"], n=12, k_max=10, bins=64, batch_size=5,
+                              progress=False)
     assert set(rankings) == {"ko", "es"}
     ko = rankings["ko"]
     assert ko.average_precision.shape == (4 * 64,)  # 4 layers x intermediate 64
@@ -196,7 +197,7 @@ def test_gemma_experts_end_to_end(gemma):
     from evaluate.experts_eval import retrieval_sweep
 
     model, tok = gemma
-    rankings = find_experts(model, tok, ["en", "ko"], n=12, k_max=50, bins=256, progress=False)
+    rankings = flores_experts(model, tok, ["en", "ko"], n=12, k_max=50, bins=256, progress=False)
     ko = rankings["ko"]
     assert ko.average_precision.shape == (18 * 2048,)
     assert float(ko.average_precision[ko.order[49]]) > 0.9  # Hangul vs Latin: easy experts exist
@@ -288,11 +289,11 @@ def test_attention_heads_experts_found_saved_and_applied(tmp_path, monkeypatch):
               "ko": [f"zzqq xx {i} qqzz" for i in range(12)]}
     monkeypatch.setattr("evaluate.loaders.load_flores", lambda lang, split="dev": corpus[lang])
     model, tok = _wide_heads_gemma3(), ByteTokenizer()
-    ko = find_experts(model, tok, ["en", "ko"], n=12, k_max=20, components=["mlp_hidden", "attention_heads"],
-                      bins=64, batch_size=6, progress=False)["ko"]
+    ko = flores_experts(model, tok, ["en", "ko"], n=12, k_max=20, components=["mlp_hidden", "attention_heads"],
+                        bins=64, batch_size=6, progress=False)["ko"]
     assert ko.average_precision.shape == (4 * 48 + 4 * 64,)
-    heads_only = find_experts(model, tok, ["en", "ko"], n=12, k_max=6, components=["attention_heads"], bins=64,
-                              batch_size=6, progress=False)["ko"]
+    heads_only = flores_experts(model, tok, ["en", "ko"], n=12, k_max=6, components=["attention_heads"], bins=64,
+                                batch_size=6, progress=False)["ko"]
     config = heads_only.config(model, 6)
     assert {iv.component for iv in config.interventions} == {"attention_heads"}
     config.save_pretrained(tmp_path / "experts")
@@ -331,7 +332,8 @@ def test_gemma_attention_heads_width(gemma):
     (["--contrast", "en", "xx"], "--contrast: ['xx']"),
 ])
 def test_experts_find_refuses_bad_flags_before_any_work(tmp_path, capsys, monkeypatch, flags, message):
-    from interventions import experts_cli, models
+    from evaluate import experts as experts_cli
+    from interventions import models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded before flags were checked"))
     out = tmp_path / "out"
@@ -343,7 +345,7 @@ def test_experts_find_refuses_bad_flags_before_any_work(tmp_path, capsys, monkey
 
 
 def test_experts_cli_refuses_unknown_language_and_out_under_a_file(tmp_path, capsys):
-    from interventions import experts_cli
+    from evaluate import experts as experts_cli
 
     with pytest.raises(SystemExit) as exit_:
         experts_cli.main(["find", "--language", "xx", "--out", str(tmp_path / "o")])

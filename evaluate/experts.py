@@ -1,4 +1,4 @@
-"""CLI for finding experts: ``python -m interventions.experts find --language ko --k 100 --out DIR``.
+"""CLI for finding experts: ``python -m evaluate.experts find --language ko --k 100 --out DIR``.
 
 ``find`` ranks the units of the model as experts of each ``--language`` against the other FLORES languages
 (one streaming pass), writes for each language an intervention directory (``set`` kind: unit indices and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m interventions.experts", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m evaluate.experts", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default="gemma-3-270m", help="model name, Hub id or path")
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from evaluate import experts_eval
-    from interventions.experts import find_experts, unit_widths
+    from evaluate.contrasts import flores_experts
+    from interventions.experts import ExpertRanking, unit_widths
     from interventions.models import load_model, load_tokenizer
 
     torch.manual_seed(args.seed)
@@ -115,13 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t0 = time.time()
     if getattr(args, "rankings", None):
-        from interventions.experts import ExpertRanking
-
         rankings = {lang: ExpertRanking.load(Path(args.rankings) / lang / "ranking") for lang in targets}
         find_s = 0.0
     else:
-        rankings = find_experts(model, tokenizer, contrast, targets=targets, n=args.n, k_max=max(ks),
-                                components=args.components, bins=args.bins, batch_size=args.batch_size)
+        rankings = flores_experts(model, tokenizer, contrast, targets=targets, n=args.n, k_max=max(ks),
+                                  components=args.components, bins=args.bins, batch_size=args.batch_size)
         find_s = time.time() - t0
         print(f"found experts for {targets} in {find_s:.0f} s ({args.n} sentences x {len(contrast)} languages)")
     out.mkdir(parents=True, exist_ok=True)
