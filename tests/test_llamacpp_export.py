@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignment.llamacpp_lora import LoraExportError, export_lora
+from interventions.llamacpp_lora import LoraExportError, export_lora
 from benchmarks.llamacpp_compare import control_vector_data, shift_metrics, variant_metrics
 from interventions import AdditiveIntervention, InterventionConfig, SetIntervention
 from interventions.llamacpp import LlamaCppExportError, export_control_vector, main

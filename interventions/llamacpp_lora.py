@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .gguf_io import EMBEDDED_GGUF_ARCH, gguf_architecture, write_gguf
+from .models import EMBEDDED_HUB_ID, EMBEDDED_MODELS
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 UNPERMUTED_ARCHS = ("gemma", "gemma2", "gemma3", "qwen2", "qwen3")
@@ -61,9 +64,6 @@ class LoraExport:
 
 
 def _architecture(cfg: dict, src: str, base_model: str | None, model_type: str | None, arch: str | None) -> str:
-    from interventions.llamacpp import EMBEDDED_GGUF_ARCH, gguf_architecture
-    from interventions.models import EMBEDDED_HUB_ID, EMBEDDED_MODELS
-
     def canonical(name):  # the embedded model answers to two names
         return EMBEDDED_HUB_ID if name in EMBEDDED_MODELS else name
 
@@ -195,8 +195,6 @@ def lora_export(adapter_dir: str | os.PathLike, *, arch: str | None = None, base
 def write_lora(export: LoraExport, out_path: str | os.PathLike) -> Path:
     """Write ``export`` as a llama.cpp LoRA GGUF (atomically); returns the path."""
     import gguf
-
-    from interventions.llamacpp import write_gguf
 
     def fill(writer):
         writer.add_type(gguf.GGUFType.ADAPTER)
