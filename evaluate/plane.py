@@ -36,7 +36,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .baselines import baseline_choices
 from .margins import item_margin
+from .outputs import atomic_write
 from .outcomes import reference_gaps, variant_outcomes
 from .plane_scores import metric_rows, plane_rows
 from .sampling import MAX_GOLD_SHARE, stratified_sample
@@ -57,8 +57,6 @@ logger = logging.getLogger(__name__)
 CSV_FIELDS = ("variant", "language", "task", "cue", "metric", "value", "ci_low", "ci_high", "n", "chance",
               "baseline_majority", "baseline_fewer_tokens", "p_vs_chance", "above_chance", "diff_vs_base",
               "p_vs_base")
-HEADLINE = {"transfer": "accuracy", "localization": "localization_score"}
-MEAN = "mean"
 
 
 @dataclass
@@ -72,11 +70,8 @@ class Variant:
     def context(self):
         if self.interventions is None:
             return contextlib.nullcontext()
-        try:
-            from interventions import steer
-        except ImportError as e:  # the steering module is written by another part of the project
-            raise ImportError(f"variant {self.name!r} has interventions, but `from interventions import steer` "
-                              f"failed ({e}); install/finish the interventions package or drop them") from e
+        from interventions.steer import steer
+
         return steer(self.model, self.interventions)
 
     def describe(self) -> dict:
@@ -93,21 +88,6 @@ class Variant:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def library_versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in ("torch", "transformers", "pyvene", "peft", "trl", "datasets", "numpy", "seaborn"):

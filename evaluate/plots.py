@@ -19,8 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .plane import HEADLINE, MEAN, atomic_write  # noqa: E402
-from .sweep_plots import plot_sweep  # noqa: E402,F401  (the sweep figure lives in its own module)
+from .outputs import HEADLINE, MEAN, atomic_write  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

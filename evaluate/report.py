@@ -6,7 +6,7 @@ significant against the base; which cells are above chance), so it never says mo
 
 from __future__ import annotations
 
-from .plane import HEADLINE, MEAN
+from .outputs import HEADLINE, MEAN
 
 ALPHA = 0.05
 

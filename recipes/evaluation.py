@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluate import plots, report
-from evaluate.plane import CSV_FIELDS, Variant, atomic_write, evaluate_plane
+from evaluate.outputs import atomic_write
+from evaluate.plane import CSV_FIELDS, Variant, evaluate_plane
 from evaluate.scoring import NonFiniteScores
 from interventions.config import InterventionConfig
 

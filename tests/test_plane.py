@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from evaluate.plane import CSV_FIELDS, Variant, atomic_write, collect_items, evaluate_plane
+from evaluate.outputs import atomic_write
+from evaluate.plane import CSV_FIELDS, Variant, collect_items, evaluate_plane
 from evaluate.tasks import Item, Task
 from test_scoring import tok  # noqa: F401  (the tiny BPE tokenizer fixture)
 from tiny_models import tiny_lora, tiny_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluate.plots import plot_sweep
+from evaluate.sweep_plots import plot_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
