@@ -61,13 +61,6 @@ def shutdown(state=None) -> None:
         dist.destroy_process_group()
 
 
-def chunked(items: Sequence[T], size: int) -> list[list[T]]:
-    """Fixed-size consecutive chunks (the same on every process: use them as work units)."""
-    if size < 1:
-        raise ValueError(f"size: expected a positive int, got {size}")
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
-
-
 def distributed_map(fn: Callable[[T], R], units: Sequence[T], *, state=None, progress: bool = False,
                     desc: str = "work units") -> list[R]:
     """``[fn(u) for u in units]``, computed across processes and returned in order on all of them."""

@@ -12,14 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from recipes.distributed import chunked, distributed_map, is_main_process, partial_state, shutdown  # noqa: E402
+from recipes.distributed import distributed_map, is_main_process, partial_state, shutdown  # noqa: E402
 
 
 def work_units(n_items: int = 37, batch_size: int = 4):
     g = torch.Generator().manual_seed(0)
     items = [torch.randint(3, 120, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
              for _ in range(n_items)]
-    return chunked(items, batch_size)
+    return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
 
 
 def score_batch(model, batch):

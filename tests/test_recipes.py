@@ -495,12 +495,9 @@ def test_model_stage_on_gemma(gemma, tmp_path):
 
 
 def test_distributed_map_single_process_is_plain_map():
-    from recipes.distributed import chunked, distributed_map
+    from recipes.distributed import distributed_map
 
     assert distributed_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
-    assert chunked(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
-    with pytest.raises(ValueError, match="size"):
-        chunked([1], 0)
 
 
 @pytest.mark.slow

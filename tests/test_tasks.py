@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from evaluate.tasks import (Item, choose, continuation, get_task, list_tasks, split_of)
+from evaluate.tasks import (Item, continuation, get_task, list_tasks, split_of)
 from evaluate.tasks.blend import DEFAULT_COUNTRY, SURFACE_FORMS, mentions_country, remove_country
 
 TASKS = ["blend", "fact_probe", "global_mmlu", "global_mmlu_cloze", "locale_probe"]
@@ -29,13 +29,6 @@ def test_continuation_separator():
     assert continuation("zh", " 北京 ") == "北京"
     assert continuation("ko", "서울") == " 서울"
     assert continuation("en", "Paris") == " Paris"
-
-
-def test_choose_normalization():
-    it = Item(id="t/en/1", task="t", language="en", prompt="p", candidates=(" a", " b c"), meta={"normalization": "mean"})
-    assert choose(it, [-2.0, -3.0], [1, 3]) == 1
-    it2 = Item(id="t/en/1", task="t", language="en", prompt="p", candidates=(" a", " b c"))
-    assert choose(it2, [-2.0, -3.0], [1, 3]) == 0
 
 
 def test_split_of_deterministic_and_seeded():

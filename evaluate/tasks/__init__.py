@@ -21,9 +21,9 @@ seeded function of the item's ``group`` (parallel items and twins share a split)
 first n items by id.
 """
 
-from .base import (ANSWER_CUE, CUES, DEFAULT_SEED, SPLITS, Item, Task, answer_cue, as_choices, choose,
-                   continuation, get_task, list_tasks, register_task, split_of)
+from .base import (ANSWER_CUE, CUES, DEFAULT_SEED, SPLITS, Item, Task, answer_cue, as_choices, continuation,
+                   get_task, list_tasks, register_task, split_of)
 from . import global_mmlu, blend, fact_probe, locale_probe  # noqa: F401,E402  (register the tasks)
 
-__all__ = ["ANSWER_CUE", "CUES", "DEFAULT_SEED", "SPLITS", "Item", "Task", "answer_cue", "as_choices", "choose",
+__all__ = ["ANSWER_CUE", "CUES", "DEFAULT_SEED", "SPLITS", "Item", "Task", "answer_cue", "as_choices",
            "continuation", "get_task", "list_tasks", "register_task", "split_of"]

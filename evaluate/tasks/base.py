@@ -87,22 +87,6 @@ def split_of(group: str, seed: int = DEFAULT_SEED, extract_fraction: float = 0.3
     return "extract" if u < extract_fraction else "test"
 
 
-def choose(item: Item, logprobs: Sequence[float], n_tokens: Sequence[int] | None = None) -> int:
-    """Index of the chosen candidate from per-candidate summed log-probs.
-
-    ``item.meta["normalization"] == "mean"`` divides each sum by its token count
-    (length-normalised log-likelihood); otherwise the sums are compared as they are.
-    """
-    if len(logprobs) != len(item.candidates):
-        raise ValueError(f"Item {item.id}: {len(logprobs)} scores for {len(item.candidates)} candidates")
-    scores = list(map(float, logprobs))
-    if item.meta.get("normalization") == "mean":
-        if n_tokens is None or len(n_tokens) != len(scores):
-            raise ValueError(f"Item {item.id}: mean normalization needs one token count per candidate")
-        scores = [s / max(int(n), 1) for s, n in zip(scores, n_tokens)]
-    return max(range(len(scores)), key=scores.__getitem__)
-
-
 def _choice_of(c: Any) -> int:
     for attr in ("choice", "chosen"):
         if hasattr(c, attr):
