@@ -34,29 +34,6 @@ CSV_FIELDS = ("language", "apply_to", "k", "direction", "layer", "middle_layer",
               "top1_ci_low", "top1_ci_high", "ratio", "ratio_ci_low", "ratio_ci_high")
 
 
-def check_experts_config(x) -> None:
-    """Single-field rules of the ``experts`` section (types are checked by the schema); RecipeError on failure."""
-    from .schema import RecipeError
-
-    for name, least in (("k", 1), ("n", 2), ("bins", 2)):
-        value = getattr(x, name)
-        if isinstance(value, int) and value < least:
-            raise RecipeError(f"experts.{name}", f"expected an int >= {least}, got {value}")
-    if isinstance(x.retrieval_n, int) and not 0 <= x.retrieval_n <= 500:
-        raise RecipeError("experts.retrieval_n", f"expected 0..500 devtest sentences (0: no retrieval report), "
-                                                 f"got {x.retrieval_n}")
-    if x.ks is not None and not x.ks:
-        raise RecipeError("experts.ks", "expected a non-empty list of k values, or null for [k]")
-    for i, k in enumerate(x.ks or []):
-        if isinstance(k, int) and k < 1:
-            raise RecipeError(f"experts.ks[{i}]", f"expected an int >= 1, got {k}")
-    if not x.components or len(set(x.components)) != len(x.components):
-        raise RecipeError("experts.components", f"expected a non-empty list without duplicates, got {x.components}")
-    if x.languages is not None and (not x.languages or "en" in x.languages):
-        raise RecipeError("experts.languages", f"expected a non-empty list of languages other than 'en' (the "
-                                               f"retrieval pivot), got {x.languages}")
-
-
 def write_rows_csv(rows: list[dict], path: Path) -> None:
     """Retrieval rows as CSV (the CI pairs split into low/high columns)."""
     with open(path, "w", newline="", encoding="utf-8") as fh:

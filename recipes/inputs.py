@@ -111,6 +111,12 @@ def offline_variable() -> str | None:
     return None
 
 
+def looks_like_path(value: str) -> bool:
+    """A local path (as opposed to a Hub id): explicit prefix, existing, or more than one slash."""
+    return (value.startswith(("/", "./", "../", "~", "\\")) or value in (".", "..")
+            or value.count("/") > 1 or os.path.exists(os.path.expanduser(value)))
+
+
 def check_cached(repo_id: str, filename: str, field: str, variable: str, revision: str | None = None) -> None:
     from huggingface_hub import try_to_load_from_cache
 
@@ -125,8 +131,6 @@ def check_cached(repo_id: str, filename: str, field: str, variable: str, revisio
 
 def check_offline(recipe: Recipe) -> None:
     """With the Hub offline, every Hub id the run needs must be in the local cache (no minute of retries)."""
-    from .validate import looks_like_path
-
     variable = offline_variable()
     if variable is None:
         return

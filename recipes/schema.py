@@ -17,12 +17,12 @@ import re
 import reprlib
 import types
 import typing
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional, Union
 
 LANGUAGES = ("en", "ar", "es", "id", "ko", "zh", "el", "fa", "am")
 TASKS = ("global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe")
+from .errors import RecipeError, printable  # noqa: E402,F401  (re-exported: every stage raises RecipeError)
 from .variants import VARIANTS  # noqa: E402  (one table of variants: recipes.variants)
 METHODS = ("none", "multilingual_sft", "midalign", "clo")
 COMPONENTS = ("block_output",)
@@ -38,28 +38,6 @@ Variant = Literal[VARIANTS]
 Auto = Literal["auto"]
 EnData = Literal["flores"]
 LocData = Literal["blend", "locale_probe"]
-
-
-class RecipeError(ValueError):
-    """A recipe problem: ``field`` is the dotted path (``steering.loc.layer``), ``file`` the recipe."""
-
-    def __init__(self, field: str, message: str, file: str | None = None):
-        self.field = field
-        self.message = message
-        self.file = file
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"{self.file}: " if self.file else ""
-        return printable(f"{where}{self.field}: {self.message}")
-
-
-def printable(text: str) -> str:
-    """``text`` with control and format characters (NUL, ANSI escapes, newlines, bidi marks) escaped."""
-    if all(unicodedata.category(c)[0] != "C" for c in text):
-        return text
-    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
 
 
 # ---------------------------------------------------------------- stage configs
@@ -216,9 +194,25 @@ class ExpertsConfig:
     """Also measure script share of continuations and held-out perplexity before/after (at k)."""
 
     def __post_init__(self):
-        from .experts_stage import check_experts_config
-
-        check_experts_config(self)
+        """Single-field rules of the section (types are checked by :func:`_build`)."""
+        for name, least in (("k", 1), ("n", 2), ("bins", 2)):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < least:
+                raise RecipeError(f"experts.{name}", f"expected an int >= {least}, got {value}")
+        if isinstance(self.retrieval_n, int) and not 0 <= self.retrieval_n <= 500:
+            raise RecipeError("experts.retrieval_n", f"expected 0..500 devtest sentences (0: no retrieval report), "
+                                                     f"got {self.retrieval_n}")
+        if self.ks is not None and not self.ks:
+            raise RecipeError("experts.ks", "expected a non-empty list of k values, or null for [k]")
+        for i, k in enumerate(self.ks or []):
+            if isinstance(k, int) and k < 1:
+                raise RecipeError(f"experts.ks[{i}]", f"expected an int >= 1, got {k}")
+        if not self.components or len(set(self.components)) != len(self.components):
+            raise RecipeError("experts.components",
+                              f"expected a non-empty list without duplicates, got {self.components}")
+        if self.languages is not None and (not self.languages or "en" in self.languages):
+            raise RecipeError("experts.languages", f"expected a non-empty list of languages other than 'en' (the "
+                                                   f"retrieval pivot), got {self.languages}")
 
 
 @dataclass

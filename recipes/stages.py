@@ -16,7 +16,8 @@ from typing import Any, Callable
 from .crossfit_stage import crossfit_evaluation, evaluate_crossfit, report_crossfit, run_crossfit, uses_crossfit
 from .plan import Plan, StagePlan
 from .schema import Recipe, RecipeError
-from .validate import check_layers, looks_like_path
+from .inputs import looks_like_path
+from .validate import check_layers
 
 
 class StageUnavailable(RuntimeError):

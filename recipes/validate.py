@@ -19,7 +19,7 @@ from pathlib import Path
 from .crossfit_stage import uses_crossfit
 from .variants import Variant
 from .schema import LANGUAGES, Recipe, RecipeError, describe, recipe_from_dict
-from .inputs import check_adapter_dir, check_intervention_dir
+from .inputs import check_adapter_dir, check_intervention_dir, looks_like_path
 from .yaml_io import read_recipe_data
 
 SEED_MAX = 2**32 - 1
@@ -43,12 +43,6 @@ KNOWN_MODELS = {
     "Qwen/Qwen2.5-7B-Instruct": ModelShape(28, 3584, "known config"),
     "meta-llama/Llama-3.1-8B-Instruct": ModelShape(32, 4096, "known config"),
 }
-
-
-def looks_like_path(value: str) -> bool:
-    """A local path (as opposed to a Hub id): explicit prefix, existing, or more than one slash."""
-    return (value.startswith(("/", "./", "../", "~", "\\")) or value in (".", "..")
-            or value.count("/") > 1 or os.path.exists(os.path.expanduser(value)))
 
 
 def check_hub_id_or_path(value: str, field: str, *, must_contain: str | None = None) -> str:
