@@ -10,8 +10,13 @@ import pytest
 from evaluate.outputs import atomic_write
 from evaluate.plane import CSV_FIELDS, Variant, collect_items, evaluate_plane
 from evaluate.tasks import Item, Task
-from test_scoring import tok  # noqa: F401  (the tiny BPE tokenizer fixture)
-from tiny_models import tiny_lora, tiny_model
+from tiny_models import tiny_lora, tiny_model, word_bpe_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_bpe_tokenizer()
+
 
 WORDS = ["paris", "madrid", "seoul", "beijing", "cat", "mat"]
 

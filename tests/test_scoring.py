@@ -10,28 +10,13 @@ import torch
 from evaluate.scoring import ItemScore, NonFiniteScores, encode_item, naive_score_items, score_items
 from evaluate.tasks import Item
 from interventions import steer
-from tiny_models import tiny_lora, tiny_model
-
-CORPUS = ["the capital of france is paris", "the capital of spain is madrid", "a cat sat on the mat",
-          "the answer is a b c d", "question: what is the capital? answer:", "korea seoul china beijing"]
+from tiny_models import tiny_lora, tiny_model, word_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
-    """A 107-token BPE tokenizer (ids fit the tiny models' vocab of 128): pad=0, bos=1, eos=2, BOS added."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    t = Tokenizer(models.BPE(unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Metaspace()
-    t.decoder = decoders.Metaspace()
-    t.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(vocab_size=128,
-                                                           special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"]))
-    t.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>", padding_side="left")
-    assert fast.vocab_size <= 128
-    return fast
+    """The 107-token BPE tokenizer of tiny_models (fits the tiny models' vocab of 128)."""
+    return word_bpe_tokenizer()
 
 
 def _items():

@@ -174,3 +174,24 @@ def char_tokenizer():
                                   unk_token="[UNK]")
     tok.padding_side = "left"
     return tok
+
+
+WORD_CORPUS = ["the capital of france is paris", "the capital of spain is madrid", "a cat sat on the mat",
+               "the answer is a b c d", "question: what is the capital? answer:", "korea seoul china beijing"]
+
+
+def word_bpe_tokenizer():
+    """A 107-token BPE tokenizer (ids fit the tiny models' vocab of 128): pad=0, bos=1, eos=2, BOS added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Metaspace()
+    t.decoder = decoders.Metaspace()
+    t.train_from_iterator(WORD_CORPUS * 20, trainers.BpeTrainer(vocab_size=128,
+                                                                special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"]))
+    t.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", padding_side="left")
+    assert fast.vocab_size <= 128
+    return fast
