@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .crossfit_stats import NONINFERIORITY_MARGIN  # noqa: E402
+from .generations import render_generations  # noqa: E402
 
 
 def _n(x, fmt: str = "+.3f") -> str:
@@ -142,6 +143,8 @@ def render_crossfit_report(results: dict, title: str, figure: str | None) -> str
               "## Selections (modal choice over folds; the artifact uses it)", "", selections_table(results), ""]
     for lang in results["languages"]:
         parts += [f"### {lang} (descriptive)", "", plane_table(results, lang), ""]
+    if results.get("generations"):
+        parts += [render_generations(results["generations"], results.get("generations_settings")), ""]
     return "\n".join(parts)
 
 

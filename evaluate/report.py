@@ -6,6 +6,7 @@ significant against the base; which cells are above chance), so it never says mo
 
 from __future__ import annotations
 
+from .generations import render_generations
 from .outputs import HEADLINE, MEAN
 
 ALPHA = 0.05
@@ -189,4 +190,6 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
     if "tasks" in figures:
         out += [f"![per-task bars]({figures['tasks']})", ""]
     out += [read_tasks(results), "", "### All metrics", "", metrics_table(results), ""]
+    if results.get("generations"):
+        out += [render_generations(results["generations"], results.get("generations_settings")), ""]
     return "\n".join(out)

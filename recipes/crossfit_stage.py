@@ -15,7 +15,9 @@ selects (layer, alpha) per fold on the other folds and scores every item out of 
   choice is "unsteered" (it did not gain on its selection data) is left out (the directory may be empty).
 
 Evaluate stage (:func:`evaluate_crossfit`): the out-of-fold plane pooled over languages and the
-pre-registered tests (:mod:`evaluate.crossfit_stats`), from those files; no model call.
+pre-registered tests (:mod:`evaluate.crossfit_stats`), from those files, and the report's generations: greedy
+continuations of a seeded prompt sample under base, cla, +en, +loc, +surgical and a random control
+(:mod:`recipes.crossfit_generations`; the only model calls of the stage).
 """
 
 from __future__ import annotations
@@ -193,6 +195,9 @@ def evaluate_crossfit(ctx, stage, out: Path) -> dict:
                "n_items": {run: {lang: r["n_items"] for lang, r in langs.items()} for run, langs in
                            info["runs"].items()},
                "settings": info["settings"], "cosine_layer": int(layer)}
+    from .crossfit_generations import crossfit_generations
+
+    results["generations"], results["generations_settings"] = crossfit_generations(ctx, steering, primary)
     _write_json(out / "results.json", results)
     return {"tests": {t["test"]: t["verdict"] for t in tests}}
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluate import plots, report
+from evaluate import generations, plots, report
 from evaluate.outputs import atomic_write
 from evaluate.plane import CSV_FIELDS, Variant, evaluate_plane
 from evaluate.scoring import NonFiniteScores
@@ -237,18 +237,28 @@ def run_evaluate(ctx, stage, out: Path) -> dict:
         variant_interventions(list(e.variants), config, language)
     extra = {"recipe": ctx.recipe.name, "stage_hash": stage.hash}
 
+    how = generations.settings(list(e.tasks), ctx.recipe.seed)
+
     def unit(language):
         ctx.seed()
         languages = [language] if language else list(e.languages)
+        variants = build_variants(ctx, language, config)
         with tempfile.TemporaryDirectory(prefix="plane-") as tmp:
-            results = evaluate_plane(build_variants(ctx, language, config), ctx.tokenizer, list(e.tasks),
+            results = evaluate_plane(variants, ctx.tokenizer, list(e.tasks),
                                      languages, split=e.split, out_dir=tmp, seed=ctx.recipe.seed,
                                      n_boot=e.bootstrap, batch_size=e.batch_size, limit=e.n, config=extra)
-            return results, read_predictions(Path(tmp) / "predictions.jsonl", language)
+            predictions = read_predictions(Path(tmp) / "predictions.jsonl", language)
+        # the report's generations: the same variants' greedy continuations of a seeded prompt sample
+        prompts = generations.sample_prompts(how["tasks"], [x for x in languages if x != "en"], how["n_local"],
+                                             how["n_transfer"], seed=ctx.recipe.seed)
+        rows = generations.generate_side_by_side(variants, ctx.tokenizer, prompts, how["max_new_tokens"])
+        return results, predictions, rows
 
     parts = distributed_map(unit, units, state=ctx.state, desc="languages")
-    results = merge_results([r for r, _ in parts])
-    predictions = [p for _, preds in parts for p in preds]
+    results = merge_results([r for r, _, _ in parts])
+    predictions = [p for _, preds, _ in parts for p in preds]
+    results["generations"] = [row for _, _, rows in parts for row in rows]
+    results["generations_settings"] = how
     if units != [None]:
         results["plane"] += [r for r in pooled_rows(results, predictions) if r["language"] == "mean"]
         results["config"]["pooled"] = "mean rows recomputed from every unit's per-item choices (predictions.jsonl)"
