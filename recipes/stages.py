@@ -1,41 +1,23 @@
 """Stage functions: each gets the run context, its plan entry and a fresh (temporary) output dir.
 
-Heavy modules are imported inside the functions, so ``--dry-run`` never imports torch. A stage
-whose library code is not available raises :class:`StageUnavailable` naming the module it needs.
+Heavy modules are imported inside the functions, so ``--dry-run`` never imports torch.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from .analysis_stage import run_analysis
 from .crossfit_stage import crossfit_evaluation, evaluate_crossfit, report_crossfit, run_crossfit, uses_crossfit
+from .experts_stage import run_experts
 from .plan import Plan, StagePlan
 from .schema import Recipe, RecipeError
 from .inputs import looks_like_path
 from .validate import check_layers
-
-
-class StageUnavailable(RuntimeError):
-    """The library code a stage needs is missing (``stage X requires module Y``)."""
-
-
-def _require(stage: str, module: str, attr: str | None = None):
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and module.startswith(err.name):
-            raise StageUnavailable(f"stage {stage} requires module {module} (not available: {err})") from None
-        raise
-    if attr is not None:
-        if not hasattr(mod, attr):
-            raise StageUnavailable(f"stage {stage} requires {module}.{attr} (module has no such attribute)")
-        return getattr(mod, attr)
-    return mod
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -100,19 +82,16 @@ class RunContext:
             source = self.adapter_source()
             if source is None:
                 raise RuntimeError("no alignment adapter in this recipe")
-            load_adapter = _require("alignment", "alignment.adapters", "load_adapter")
+            from alignment.adapters import load_adapter
+
             self._adapter_model = load_adapter(self.model, source)
         return self._adapter_model
 
 
 def _model_shape(model) -> tuple[int, int, str]:
-    try:
-        from interventions.components import hidden_size, num_layers
+    from interventions.components import hidden_size, num_layers
 
-        return num_layers(model), hidden_size(model), model.config.model_type
-    except ImportError:
-        cfg = getattr(model.config, "text_config", None) or model.config
-        return cfg.num_hidden_layers, cfg.hidden_size, model.config.model_type
+    return num_layers(model), hidden_size(model), model.config.model_type
 
 
 def copy_user_dir(source: str, dst: Path, field: str) -> None:
@@ -145,8 +124,8 @@ def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
             shutil.rmtree(out / "adapter" / "checkpoints", ignore_errors=True)  # training state, not the adapter
         write_json(out / "adapter.json", {"source": a.adapter, "local": local, "trained": False})
         return {"adapter": a.adapter}
-    config_for = _require("alignment (train)", "alignment", "config_for")
-    train = _require("alignment (train)", "alignment", "train")
+    from alignment import config_for, train
+
     cfg = stage.config
     config = config_for(a.method, model=ctx.recipe.model.name, languages=cfg["languages"],
                         max_steps=a.max_steps, learning_rate=a.learning_rate, batch_size=a.batch_size,
@@ -161,14 +140,15 @@ def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 
 
 def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
+    from interventions.config import InterventionConfig
+
     s = ctx.recipe.steering
-    config_cls = _require("steering", "interventions.config", "InterventionConfig")
     if s.load is not None:
         if looks_like_path(s.load):  # copied (symlinks refused) before anything reads it
             copy_user_dir(s.load, out / "intervention", "steering.load")
-            config_cls.from_pretrained(out / "intervention", model=ctx.model)  # refuses a config that does not fit
+            InterventionConfig.from_pretrained(out / "intervention", model=ctx.model)  # refuses a config that does not fit
         else:
-            config = config_cls.from_pretrained(s.load, model=ctx.model)
+            config = InterventionConfig.from_pretrained(s.load, model=ctx.model)
             config.save_pretrained(out / "intervention")
         write_json(out / "steering.json", {"source": s.load, "computed": False})
         return {"source": s.load}
@@ -217,24 +197,9 @@ def compute_interventions(ctx: RunContext, model, out: Path):
     return InterventionConfig.for_model(model, interventions, revision=ctx.recipe.model.revision), selection
 
 
-def run_analysis(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
-    _require("analysis", "evaluate.analysis", "language_separation")
-    from .analysis_stage import run_analysis as run
-
-    return run(ctx, stage, out)
-
-
-def run_experts(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
-    _require("experts", "interventions.experts", "find_experts")
-    from .experts_stage import run_experts as run
-
-    return run(ctx, stage, out)
-
-
 def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     if crossfit_evaluation(ctx.recipe):
         return evaluate_crossfit(ctx, stage, out)
-    _require("evaluate", "evaluate.plane", "evaluate_plane")
     from .evaluation import run_evaluate as run
 
     return run(ctx, stage, out)
@@ -243,8 +208,6 @@ def run_evaluate(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
 def run_report(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     if crossfit_evaluation(ctx.recipe):
         return report_crossfit(ctx, stage, out)
-    _require("report", "evaluate.report", "render_report")
-    _require("report", "evaluate.plots", "plot_all")
     from .evaluation import run_report as run
 
     return run(ctx, stage, out)

@@ -339,15 +339,6 @@ def test_stage_writer_is_atomic(tmp_path):
     assert is_complete(st.directory, st.hash) and not is_complete(st.directory, "other")
 
 
-def test_missing_module_is_a_clear_stage_error():
-    from recipes.stages import StageUnavailable, _require
-
-    with pytest.raises(StageUnavailable, match="stage evaluate requires module evaluate.no_such_module"):
-        _require("evaluate", "evaluate.no_such_module", "evaluate_plane")
-    with pytest.raises(StageUnavailable, match=r"requires recipes.schema.nothing_here"):
-        _require("report", "recipes.schema", "nothing_here")
-
-
 # ----------------------------------------------------------------- publish (offline, up to the upload call)
 
 
