@@ -157,13 +157,24 @@ def test_find_cycles_sees_a_cycle_and_a_dag():
     assert find_cycles({"a": {"a": 1}}) == [["a", "a"]]
 
 
-def test_relative_imports_resolve(tmp_path):
+def test_relative_imports_resolve():
     node = ast.parse("from ..tasks import base").body[0]
     assert _absolute("evaluate.tasks.blend", ROOT / "evaluate/tasks/blend.py", node) == "evaluate.tasks"
     node = ast.parse("from . import blend").body[0]
     assert _absolute("evaluate.tasks", ROOT / "evaluate/tasks/__init__.py", node) == "evaluate.tasks"
     assert _resolve("evaluate.tasks.blend") == "evaluate.tasks.blend"
     assert _resolve("evaluate.tasks.get_task") == "evaluate.tasks"
+
+
+def test_hidden_imports_are_seen(tmp_path):
+    """A function-local import, a relative one and importlib.import_module with a literal all count."""
+    path = tmp_path / "mod.py"
+    path.write_text("import json\n\n\ndef f():\n    from ..recipes import run\n\n\n"
+                    "class C:\n    def g(self):\n        import importlib\n"
+                    "        return importlib.import_module('alignment.sft')\n")
+    found = imports_of("interventions.sub.mod", path)
+    assert ("json", 1) in found and ("interventions.recipes.run", 5) in found
+    assert ("alignment.sft", 11) in found
 
 
 def test_all_four_packages_are_parsed():
