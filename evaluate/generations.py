@@ -18,6 +18,7 @@ not generated; its rows say why.
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -173,15 +174,17 @@ def settings(task_names: Sequence[str], seed: int) -> dict:
 
 
 def escape_cell(text: str) -> str:
-    """``text`` as one markdown table cell: HTML-escaped, ``|`` and ``\\`` backslash-escaped, line breaks as
-    ``<br>``."""
+    """``text`` as one markdown table cell: control characters shown as ``\\xNN``, HTML-escaped, ``|`` and
+    ``\\`` backslash-escaped, line breaks as ``<br>``."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "".join(f"\\x{ord(c):02x}" if c != "\n" and unicodedata.category(c) == "Cc" else c for c in text)
     text = html.escape(text, quote=False).replace("\\", "\\\\").replace("|", "\\|")
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+    return text.replace("\n", "<br>")
 
 
 def _cell(row: dict) -> str:
     if row["mark"] == "skipped":
-        return f"*skipped: {escape_cell(row.get('note') or '')}*"
+        return "*skipped*"  # why: in the line under the table
     text = escape_cell(row["continuation"].strip()) or "*(empty)*"
     return f"{text} **[{row['mark']}]**"
 

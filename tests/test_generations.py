@@ -147,6 +147,7 @@ def test_skipped_variants_and_bad_arguments(toy):
 def test_markdown_escapes_pipes_and_newlines():
     assert escape_cell("a|b\nc\r\nd") == "a\\|b<br>c<br>d"
     assert escape_cell("<b> & \\") == "&lt;b&gt; &amp; \\\\"
+    assert escape_cell("a\x04b\tc") == "a\\\\x04b\\\\x09c"
     rows = [{"language": "xx", "task": "toy", "kind": "localization", "prompt_id": "toy/xx/0", "prompt": "p | q",
              "answers": {"local": "tea", "us": "coffee"}, "variant": v, "continuation": c, "mark": mark(c, {
                  "local": "tea", "us": "coffee"})} for v, c in (("base", " tea |\nmore"), ("base+en", " coffee"))]
@@ -157,7 +158,7 @@ def test_markdown_escapes_pipes_and_newlines():
     assert table[0] == "| prompt | answers | base | base+en | base+loc |"
     assert len(table) == 3 and table[2].count(" | ") == 4  # escaped pipes do not split the row
     assert "tea \\|<br>more **[local]**" in table[2] and "coffee **[us]**" in table[2]
-    assert "*skipped: no LOC vector*" in table[2] and "Skipped in xx: base+loc (no LOC vector)." in text
+    assert "*skipped*" in table[2] and "Skipped in xx: base+loc (no LOC vector)." in text
     assert render_generations([]) == ""
 
 
@@ -205,27 +206,58 @@ def test_crossfit_generations_skip_absent_vectors_and_render(toy, tmp_path):
     assert "Skipped in ko: base+loc (no LOC vector for ko" in text
 
 
-# --------------------------------------------------------------------------------- the plain recipe, end to end
+# ----------------------------------------------------------------------------------- both recipes, end to end
 
-def test_plain_recipe_report_and_results_hold_the_same_rows(tmp_path):
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
     tok = flores_bpe_tokenizer(vocab_size=512, sentences=60)
-    model_dir = save_tiny_model("llama", tok, tmp_path / "model", seed=3)
-    data = {"name": "tiny-generations", "model": {"name": str(model_dir)}, "alignment": {"method": "none"},
-            "evaluate": {"tasks": ["locale_probe"], "languages": ["es"], "variants": ["base"], "n": 2,
-                         "bootstrap": 10, "batch_size": 8},
-            "report": {"formats": ["md", "json"], "plots": False}}
+    return save_tiny_model("llama", tok, tmp_path_factory.mktemp("tiny-llama-generations"), seed=3)
+
+
+def _run(tmp_path: Path, data: dict):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert main([str(path), "--out", str(tmp_path / "run")]) == 0
-    plan = make_plan(load_recipe(path), tmp_path / "run")
-    for stage in ("evaluate", "report"):
-        directory: Path = plan.stages[stage].directory
-        results = json.loads((directory / "results.json").read_text())
-        rows = results["generations"]
-        assert len(rows) == 6 and {r["variant"] for r in rows} == {"base"}
-        assert results["generations_settings"]["seed"] == 0
-        report = (directory / "report.md").read_text()
-        assert "## Generations" in report and "### es" in report
-        for r in rows:  # every row of results.json is in report.md
-            assert escape_cell(r["prompt"]) in report and f"**[{r['mark']}]**" in report
-            assert (escape_cell(r["continuation"].strip()) or "*(empty)*") in report
+    return make_plan(load_recipe(path), tmp_path / "run")
+
+
+def _same_rows_in_report_and_results(directory: Path) -> list[dict]:
+    results = json.loads((directory / "results.json").read_text())
+    rows = results["generations"]
+    report = (directory / "report.md").read_text()
+    assert "## Generations" in report and results["generations_settings"]["max_new_tokens"] == 16
+    for r in rows:  # every row of results.json is in report.md
+        assert f"### {r['language']}" in report and escape_cell(r["prompt"]) in report
+        if r["mark"] == "skipped":
+            assert f"{r['variant']} ({r['note']})" in report
+        else:
+            assert f"{escape_cell(r['continuation'].strip()) or '*(empty)*'} **[{r['mark']}]**" in report
+    return rows
+
+
+def test_plain_recipe_report_and_results_hold_the_same_rows(model_dir, tmp_path):
+    plan = _run(tmp_path, {"name": "tiny-generations", "model": {"name": str(model_dir)},
+                           "alignment": {"method": "none"},
+                           "evaluate": {"tasks": ["locale_probe"], "languages": ["es"], "variants": ["base"], "n": 2,
+                                        "bootstrap": 10, "batch_size": 8},
+                           "report": {"formats": ["md", "json"], "plots": False}})
+    evaluated = _same_rows_in_report_and_results(plan.stages["evaluate"].directory)
+    assert len(evaluated) == 6 and {r["variant"] for r in evaluated} == {"base"}
+    assert _same_rows_in_report_and_results(plan.stages["report"].directory) == evaluated
+
+
+def test_crossfit_recipe_report_and_results_hold_the_same_rows(model_dir, tmp_path):
+    plan = _run(tmp_path, {"name": "tiny-crossfit-generations", "seed": 0, "model": {"name": str(model_dir)},
+                           "alignment": {"method": "none"},
+                           "steering": {"en": {"layer": "auto", "alpha": "auto", "n": 4},
+                                        "loc": {"layer": "auto", "alpha": "auto", "data": ["locale_probe"]},
+                                        "layers": [1], "alphas": [2.0],
+                                        "selection": {"folds": 2, "tolerance": 0.0, "neutral_n": 2}},
+                           "evaluate": {"tasks": ["global_mmlu_cloze", "locale_probe"], "languages": ["es"],
+                                        "variants": ["base", "base+surgical"], "n": 2, "n_localization": 3,
+                                        "bootstrap": 10, "batch_size": 8},
+                           "report": {"formats": ["md", "json"], "plots": False}})
+    evaluated = json.loads((plan.stages["evaluate"].directory / "results.json").read_text())["generations"]
+    assert [r["variant"] for r in evaluated[:5]] == ["base", "base+en", "base+loc", "base+surgical", "base+random"]
+    assert len(evaluated) == 6 * 5
+    assert _same_rows_in_report_and_results(plan.stages["report"].directory) == evaluated
