@@ -46,9 +46,20 @@ def tiny(tmp_path_factory):
     return directory, tiny_model_for("llama", tokenizer, seed=3), tokenizer
 
 
+ROLE_OF = {"en": "en_transfer", "loc": "loc_cultural"}
+
+
+def _typed(name: str) -> dict:
+    """role/language of a test intervention named like the steering stage names them (en_transfer_ko, loc_es)."""
+    head, _, tail = name.rpartition("_")
+    role = ROLE_OF.get(name.split("_")[0], "other")
+    return {"role": role, "language": tail if head and len(tail) == 2 else None}
+
+
 def _vector_dir(model, path: Path, names: list[str], scale: float = 4.0) -> Path:
     torch.manual_seed(0)
-    ivs = [AdditiveIntervention(name, "block_output", 1, torch.randn(HIDDEN) * scale, coefficient=1.0)
+    ivs = [AdditiveIntervention(name, "block_output", 1, torch.randn(HIDDEN) * scale, coefficient=1.0,
+                                **_typed(name))
            for name in names]
     InterventionConfig.for_model(model, ivs).save_pretrained(path, model=model)
     return path
@@ -329,8 +340,9 @@ def test_variant_names_parse_once():
 
 
 def test_variant_roles_from_a_mixed_directory():
-    ivs = [AdditiveIntervention("en_transfer_ko", "block_output", 1, torch.ones(HIDDEN)),
-           AdditiveIntervention("loc_ko", "block_output", 2, torch.ones(HIDDEN)),
+    ivs = [AdditiveIntervention("en_transfer_ko", "block_output", 1, torch.ones(HIDDEN), role="en_transfer",
+                                language="ko"),
+           AdditiveIntervention("loc_ko", "block_output", 2, torch.ones(HIDDEN), role="loc_cultural", language="ko"),
            AdditiveIntervention("units", "block_output", 2, torch.ones(HIDDEN),
                                 source={"method": "finding_experts", "language": "ko"})]
     config = InterventionConfig(ivs, {})
