@@ -5,8 +5,8 @@
   mean cosine distance to the English centroid, per layer).
 * :func:`vector_cosines` -- cos(v_EN, v_LOC) per layer against the |cos| of random Gaussian directions
   of the same dimension.
-* :func:`retrieval_top1` / :func:`retrieval_by_layer` -- cross-lingual sentence retrieval (mean-pooled,
-  cosine) per layer, L->en and en->L.
+* :func:`retrieval_by_layer` -- cross-lingual sentence retrieval (mean-pooled without ``<bos>``, cosine,
+  :func:`evaluate.retrieval.retrieval_top1`) per layer, L->en and en->L.
 
 Run everything on a model: ``python -m evaluate.analysis --languages en,ar,es,id,ko,zh --n 200``.
 Representations are ``block_output`` of every decoder layer, mean-pooled over real tokens
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
+
+from evaluate.retrieval import retrieval_top1  # the project's one retrieval helper
 
 Reps = Mapping[str, torch.Tensor]  # language -> Tensor[n_layers, n, hidden], parallel rows
 
@@ -185,17 +187,6 @@ def vector_cosines(v_en: torch.Tensor, v_loc: torch.Tensor, seed: int = 0, n_ran
     cos = torch.nn.functional.cosine_similarity(v_en.double(), v_loc.double(), dim=-1)
     return [{"layer": l, "cosine": float(c), f"random_abs_cos_q{round(quantile * 100)}": baseline,
              "above_random": abs(float(c)) > baseline} for l, c in enumerate(cos)]
-
-
-def retrieval_top1(src: torch.Tensor, tgt: torch.Tensor) -> float:
-    """Fraction of rows i of ``src`` whose most cosine-similar row of ``tgt`` is row i (parallel data)."""
-    if src.dim() != 2 or src.shape != tgt.shape:
-        raise ValueError(f"src, tgt: expected two Tensor[n, d] of one shape, got {tuple(src.shape)} and "
-                         f"{tuple(tgt.shape)}")
-    s = torch.nn.functional.normalize(src.double(), dim=-1)
-    t = torch.nn.functional.normalize(tgt.double(), dim=-1)
-    hits = (s @ t.T).argmax(1) == torch.arange(len(s))
-    return float(hits.double().mean())
 
 
 def retrieval_by_layer(model=None, tokenizer=None, languages: Sequence[str] = ("ar", "es", "id", "ko", "zh"),
