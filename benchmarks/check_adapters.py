@@ -5,8 +5,8 @@
 
 For the base model and each adapter (loaded unmerged on a fresh copy of the base):
 
-* FLORES-devtest top-1 retrieval L->en and en->L per layer (mean-pooled ``block_output``, cosine;
-  ``evaluate.analysis``), and the paired difference adapter - base (per sentence, bootstrap 95% CI) at
+* FLORES-devtest top-1 retrieval L->en and en->L per layer (``block_output`` mean-pooled without ``<bos>``,
+  cosine; ``evaluate.retrieval``), and the paired difference adapter - base (per sentence, bootstrap 95% CI) at
   the aligned layer (MidAlign's ``layer``, default ``num_layers // 2``) and averaged over layers;
 * perplexity on the held-out FLORES ``dev`` slice that no adapter trained on (the last 97 lines).
 
@@ -26,26 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.adapters import load_adapter, read_metadata  # noqa: E402
 from alignment.data import held_out_sentences  # noqa: E402
-from evaluate.analysis import flores_representations, write_csv  # noqa: E402
+from evaluate.analysis import flores_representations  # noqa: E402
+from evaluate.outputs import write_csv  # noqa: E402
 from evaluate.experts_eval import perplexity  # noqa: E402
+from evaluate.retrieval import retrieval_hits  # noqa: E402
 from evaluate.stats import bootstrap_ci, paired_bootstrap  # noqa: E402
 from interventions import load_model, load_tokenizer  # noqa: E402
 from interventions.components import num_layers  # noqa: E402
-
-
-def hits(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """Per-row top-1 hit (row i of ``src`` retrieves row i of ``tgt`` by cosine)."""
-    s = torch.nn.functional.normalize(src.double(), dim=-1)
-    t = torch.nn.functional.normalize(tgt.double(), dim=-1)
-    return ((s @ t.T).argmax(1) == torch.arange(len(s))).double()
 
 
 def measure(model, tok, languages, n, n_ppl) -> tuple[dict, dict]:
     reps = flores_representations(model, tok, ["en", *languages], "devtest", n, progress=True)
     per = {}  # (language, direction) -> Tensor[layers, n] of hits
     for lang in languages:
-        per[(lang, "to_en")] = torch.stack([hits(reps[lang][l], reps["en"][l]) for l in range(len(reps[lang]))])
-        per[(lang, "from_en")] = torch.stack([hits(reps["en"][l], reps[lang][l]) for l in range(len(reps[lang]))])
+        per[(lang, "to_en")] = retrieval_hits(reps[lang], reps["en"]).double()  # [layers, n]
+        per[(lang, "from_en")] = retrieval_hits(reps["en"], reps[lang]).double()
     held = held_out_sentences(languages)
     ppl = {lang: perplexity(model, tok, held[lang][:n_ppl]) for lang in ["en", *languages]}
     return per, ppl

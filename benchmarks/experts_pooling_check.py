@@ -1,8 +1,9 @@
 """Does the experts' retrieval effect depend on <bos> in the mean pooling?
 
 Retrieval top-1 (FLORES devtest, first n sentences) before/after forcing the top-k experts of LANG, with the
-sentence representation mean-pooled over all tokens (<bos> kept, as evaluate.experts_eval does) and over the
-non-special tokens (<bos> excluded), both from the same forward passes.
+sentence representation mean-pooled over all tokens (<bos> kept, as evaluate.experts_eval once did) and over the
+non-special tokens (<bos> excluded, what evaluate.retrieval does everywhere now), both from the same forward
+passes: the check that led to the project's one pooling.
 
     python benchmarks/experts_pooling_check.py ar 10 100 RANKINGS_DIR out.json
 (RANKINGS_DIR/<lang>/ranking as written by ``python -m evaluate.experts find|report``.)
@@ -16,7 +17,8 @@ from interventions.experts import ExpertRanking
 from interventions.steer import steer
 from interventions.vectors import tokenize
 from evaluate.loaders import load_flores
-from evaluate.experts_eval import retrieval_hits, bootstrap_ratio
+from evaluate.experts_eval import bootstrap_ratio
+from evaluate.retrieval import retrieval_hits
 from interventions.components import decoder_stack
 
 lang, k, n, rankings, out_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]

@@ -2,7 +2,9 @@
 
 Used by :mod:`interventions.experts` to rank units as language experts: one streaming pass keeps, per group
 (language) and unit, a fixed-bin histogram of responses (:class:`StreamingAP`), whose size does not depend on the
-number of sentences; AP and medians are read off the cumulative counts.
+number of sentences; AP and medians are read off the cumulative counts. Per-group sums of the responses give each
+unit's between-language variance (the variance of its per-language mean response), which picks the ``variance``
+control of :mod:`interventions.experts`.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ class StreamingAP:
     The bin range of each unit is fixed from the first ``calibration`` responses (buffered, a constant
     ``calibration x n_units`` floats): their min..max widened by ``margin`` of the span on each side. Values beyond
     it land in two overflow bins, whose medians are interpolated towards the running per-unit minimum / maximum.
-    Size: ``n_groups * n_units * (bins + 2)`` int32 counts plus O(n_groups * n_units), whatever the number of
-    sentences.
+    Size: ``n_groups * n_units * (bins + 2)`` int32 counts plus O(n_groups * n_units) (extremes and float64 sums),
+    whatever the number of sentences.
     """
 
     def __init__(self, n_groups: int, bins: int = 512, margin: float = 0.25, calibration: int = 64):
@@ -69,6 +71,7 @@ class StreamingAP:
         self.counts: torch.Tensor | None = None  # [G, U, bins + 2] int32
         self.low = self.width = None  # [U]
         self.minimum = self.maximum = None  # [G, U]
+        self.sums = None  # [G, U] float64: sum of the responses per group
 
     @property
     def n_units(self) -> int:
@@ -78,7 +81,7 @@ class StreamingAP:
     @property
     def nbytes(self) -> int:
         self.flush()
-        tensors = [self.counts, self.low, self.width, self.minimum, self.maximum]
+        tensors = [self.counts, self.low, self.width, self.minimum, self.maximum, self.sums]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def group_sizes(self) -> torch.Tensor:
@@ -94,6 +97,7 @@ class StreamingAP:
         self.counts = torch.zeros(self.n_groups, u, self.bins + 2, dtype=torch.int32)
         self.minimum = torch.full((self.n_groups, u), float("inf"))
         self.maximum = torch.full((self.n_groups, u), float("-inf"))
+        self.sums = torch.zeros(self.n_groups, u, dtype=torch.float64)
 
     def update(self, responses: torch.Tensor, groups: torch.Tensor | Sequence[int]) -> None:
         """Add ``responses[b, U]`` of ``b`` sentences whose group (language) indices are ``groups[b]``."""
@@ -131,10 +135,30 @@ class StreamingAP:
         idx = idx.clamp_(0, nb - 1)
         flat = (groups[:, None] * u + torch.arange(u)[None, :]) * nb + idx
         self.counts.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.int32))
+        self.sums.index_add_(0, groups, responses.double())
         for g in groups.unique().tolist():
             r = responses[groups == g]
             self.minimum[g] = torch.minimum(self.minimum[g], r.min(0).values)
             self.maximum[g] = torch.maximum(self.maximum[g], r.max(0).values)
+
+    def group_means(self) -> torch.Tensor:
+        """Mean response of every unit over the sentences of each group -> float64 ``[G, U]`` (NaN: empty group)."""
+        self.flush()
+        if self.counts is None:
+            raise ValueError("StreamingAP: no responses were added")
+        sizes = self.group_sizes().to(torch.float64)
+        return self.sums / torch.where(sizes > 0, sizes, float("nan"))[:, None]
+
+    def between_group_variance(self) -> torch.Tensor:
+        """Variance of each unit's per-group mean response, groups weighted by their sizes (the between-group
+        term of the ANOVA decomposition: ``sum_g n_g (mean_g - mean)^2 / N``) -> float64 ``[U]``."""
+        means = self.group_means()
+        sizes = self.group_sizes().to(torch.float64)
+        present = sizes > 0
+        w = (sizes[present] / sizes[present].sum())[:, None]
+        m = means[present]
+        grand = (w * m).sum(0)
+        return (w * (m - grand) ** 2).sum(0)
 
     def average_precision(self, positive: int | Sequence[int], chunk: int = 8192) -> torch.Tensor:
         """AP of every unit at ranking the ``positive`` group(s) above the rest -> float64 [U]."""
@@ -151,11 +175,17 @@ class StreamingAP:
             out[start:start + chunk] = _histogram_ap(pos, neg)
         return out
 
-    def median(self, group: int | Sequence[int], units: torch.Tensor) -> torch.Tensor:
-        """Median response of ``units`` over the sentences of ``group``, interpolated inside its bin."""
+    def median(self, group: int | Sequence[int], units: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Median response of ``units`` over the sentences of ``group``, interpolated inside its bin -> float32."""
         self.flush()
+        if self.counts is None:
+            raise ValueError("StreamingAP: no responses were added")
         gs = [group] if isinstance(group, int) else list(group)
         units = torch.as_tensor(units, dtype=torch.long)
+        return torch.cat([self._median(gs, units[s:s + chunk]) for s in range(0, len(units), chunk)]
+                         or [torch.empty(0)])
+
+    def _median(self, gs: list[int], units: torch.Tensor) -> torch.Tensor:
         c = self.counts[gs][:, units].to(torch.float64).sum(0)  # [k, bins + 2]
         cum = c.cumsum(-1)
         half = cum[:, -1:] / 2

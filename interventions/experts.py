@@ -10,17 +10,28 @@ excluded). A unit's *expertise* for language L is the average precision (AP) of 
 FLORES sentences in L (positives) from sentences in the other languages (negatives). The top-k units by AP
 are L's experts; the intervention forces each to its median response over the positives at every position.
 
+Controls (:data:`CONTROLS`), each forced exactly like the experts (every unit to its own median response over
+L's sentences, at every position) and matched to them per layer (as many units in each (component, layer) block as
+the experts have there, so the same layer histogram and count), never containing a unit the ranking lists (its top
+``k_max`` by AP):
+
+- ``random``: units drawn uniformly from the rest of each block, seeded by ``(seed, language, k)``;
+- ``variance``: the units of each block with the largest between-language variance of their response (the variance
+  of their per-language mean; :meth:`StreamingAP.between_group_variance`): units that carry language identity
+  without being L's experts by AP.
+
 Both unit components resolve (:func:`interventions.components.resolve`) to the module whose input holds the
 units, exactly where :func:`interventions.steer.steer` forces them. Memory is bounded: one streaming pass keeps,
 per language and unit, a fixed-bin histogram of responses (:class:`interventions.expert_ap.StreamingAP`), whose
-size does not depend on the number of sentences. Because the negatives for L are the positives of the other languages, a single pass
-over all languages ranks the units for every language at once.
+size does not depend on the number of sentences. Because the negatives for L are the positives of the other
+languages, a single pass over all languages ranks the units for every language at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -106,6 +117,68 @@ class ExpertRanking:
     order: torch.Tensor  # long [k_max], best first
     medians: torch.Tensor  # float32 [k_max], aligned with order
     source: dict = field(default_factory=dict)
+    unit_medians: torch.Tensor | None = None  # float32 [U]: median response over L's sentences of every unit
+    language_variance: torch.Tensor | None = None  # float64 [U]: variance of the per-language mean responses
+
+    @property
+    def components(self) -> list[str]:
+        return list(dict.fromkeys(c for c, _, _ in self.blocks))
+
+    def _block_slices(self) -> list[slice]:
+        offsets = np.cumsum([0] + [w for _, _, w in self.blocks])
+        return [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def _require(self, what: str) -> torch.Tensor:
+        value = getattr(self, what)
+        if value is None:
+            raise ValueError(f"ranking of {self.language}: no {what} (saved before controls existed); find the "
+                             f"experts again")
+        return value
+
+    def restrict(self, component: str) -> "ExpertRanking":
+        """The ranking of ``component``'s units only (its own top ``k_max`` by AP), from the same pass."""
+        if component not in self.components:
+            raise ValueError(f"component: expected one of {self.components}, got {component!r}")
+        if self.components == [component]:
+            return self
+        unit_medians = self._require("unit_medians")
+        idx = torch.cat([torch.arange(sl.start, sl.stop) for (c, _, _), sl in zip(self.blocks, self._block_slices())
+                         if c == component])
+        ap = self.average_precision[idx]
+        order = torch.argsort(ap, descending=True, stable=True)[:len(self.order)]
+        variance = None if self.language_variance is None else self.language_variance[idx]
+        return ExpertRanking(self.language, [b for b in self.blocks if b[0] == component], ap, order,
+                             unit_medians[idx][order], {**self.source, "components": [component]},
+                             unit_medians[idx], variance)
+
+    def unit_set(self, k: int, control: str | None = None, seed: int = 0) -> torch.Tensor:
+        """Flat indices of the top ``k`` experts (``control=None``) or of their matched ``control``, sorted."""
+        if not 0 <= k <= len(self.order):
+            raise ValueError(f"k: expected 0..{len(self.order)} (experts ranked with k_max), got {k}")
+        experts = self.order[:k]
+        if control is None:
+            return experts.sort().values
+        if control not in CONTROLS:
+            raise ValueError(f"control: expected one of {list(CONTROLS)}, got {control!r}")
+        score = self._require("language_variance") if control == "variance" else None
+        ranked = torch.zeros(self.average_precision.numel(), dtype=torch.bool)
+        ranked[self.order] = True  # every unit the ranking lists is excluded from the controls
+        rng = np.random.default_rng([seed, k, zlib.crc32(self.language.encode())])
+        chosen = []
+        for (comp, layer, _), sl in zip(self.blocks, self._block_slices()):
+            need = int(((experts >= sl.start) & (experts < sl.stop)).sum())
+            if not need:
+                continue
+            candidates = torch.arange(sl.start, sl.stop)[~ranked[sl]]
+            if len(candidates) < need:
+                raise ValueError(f"control {control!r}: {comp} layer {layer} has {len(candidates)} units outside the "
+                                 f"ranked experts, {need} needed to match the top-{k}")
+            if control == "random":
+                chosen.append(candidates[torch.from_numpy(rng.choice(len(candidates), need, replace=False))])
+            else:
+                top = torch.argsort(score[candidates], descending=True, stable=True)[:need]
+                chosen.append(candidates[top])
+        return torch.cat(chosen or [torch.empty(0, dtype=torch.long)]).sort().values
 
     def locate(self, flat_units: torch.Tensor) -> list[tuple[str, int, int]]:
         offsets = np.cumsum([0] + [w for _, _, w in self.blocks])
@@ -115,12 +188,17 @@ class ExpertRanking:
             out.append((self.blocks[b][0], self.blocks[b][1], u - int(offsets[b])))
         return out
 
-    def top(self, k: int) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
-        """The top ``k`` experts grouped as (component, layer, units, values), sorted by component and layer."""
-        if not 0 <= k <= len(self.order):
-            raise ValueError(f"k: expected 0..{len(self.order)} (experts ranked with k_max), got {k}")
+    def top(self, k: int, control: str | None = None, seed: int = 0
+            ) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
+        """The top ``k`` experts (or their matched ``control``) grouped as (component, layer, units, values), sorted
+        by component and layer; each unit's value is its median response over L's sentences."""
+        units = self.unit_set(k, control, seed)
+        if control is None:
+            values = self.medians[:k][torch.argsort(self.order[:k])]  # aligned with the sorted units
+        else:
+            values = self._require("unit_medians")[units]
         groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
-        for (comp, layer, unit), value in zip(self.locate(self.order[:k]), self.medians[:k].tolist()):
+        for (comp, layer, unit), value in zip(self.locate(units), values.tolist()):
             groups.setdefault((comp, layer), []).append((unit, value))
         out = []
         for (comp, layer), pairs in sorted(groups.items()):
@@ -129,21 +207,29 @@ class ExpertRanking:
                         torch.tensor([p[1] for p in pairs], dtype=torch.float32)))
         return out
 
-    def interventions(self, k: int, positions: str = "all") -> list:
-        """The top ``k`` experts as ``SetIntervention`` s, one per (component, layer)."""
+    def interventions(self, k: int, positions: str = "all", control: str | None = None, seed: int = 0) -> list:
+        """The top ``k`` experts (or their matched ``control``) as ``SetIntervention`` s, one per (component,
+        layer); controls have ``role="control"``."""
         from interventions.config import SetIntervention
 
         ap = self.average_precision
-        return [SetIntervention(name=f"experts_{self.language}.{comp}.{layer}", component=comp, layer=layer,
-                                units=units, values=values, positions=positions,
-                                source={**self.source, "method": "finding_experts", "k": k,
-                                        "min_ap": float(ap[self.order[k - 1]]) if k else None})
-                for comp, layer, units, values in self.top(k)]
+        source = {**self.source, "method": "finding_experts", "k": k,
+                  "min_ap": float(ap[self.order[k - 1]]) if k else None}
+        name, role = f"experts_{self.language}", "experts"
+        if control is not None:
+            name, role = f"{control}_control_{self.language}", "control"
+            source = {**source, "role": "control", "control": control, "definition": CONTROLS[control],
+                      "matched_to": f"top-{k} experts of {self.language}", "excluded_top": len(self.order),
+                      **({"seed": seed} if control == "random" else {})}
+        return [SetIntervention(name=f"{name}.{comp}.{layer}", component=comp, layer=layer, units=units,
+                                values=values, positions=positions, source=source, role=role,
+                                language=self.language)
+                for comp, layer, units, values in self.top(k, control, seed)]
 
-    def config(self, model, k: int, positions: str = "all"):
+    def config(self, model, k: int, positions: str = "all", control: str | None = None, seed: int = 0):
         from interventions.config import InterventionConfig
 
-        return InterventionConfig.for_model(model, self.interventions(k, positions))
+        return InterventionConfig.for_model(model, self.interventions(k, positions, control, seed))
 
     def save(self, directory: str | Path) -> None:
         """Write ``expert_ranking.safetensors`` + ``expert_ranking.json`` (AP of every unit, medians of the top)."""
@@ -151,8 +237,10 @@ class ExpertRanking:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file({"average_precision": self.average_precision.contiguous(), "order": self.order.contiguous(),
-                   "medians": self.medians.contiguous()}, str(d / "expert_ranking.safetensors"))
+        tensors = {"average_precision": self.average_precision, "order": self.order, "medians": self.medians,
+                   "unit_medians": self.unit_medians, "language_variance": self.language_variance}
+        save_file({name: t.contiguous() for name, t in tensors.items() if t is not None},
+                  str(d / "expert_ranking.safetensors"))
         (d / "expert_ranking.json").write_text(json.dumps(
             {"language": self.language, "blocks": [list(b) for b in self.blocks], "source": self.source},
             indent=2, sort_keys=True))
@@ -168,7 +256,18 @@ class ExpertRanking:
         meta = json.loads((d / "expert_ranking.json").read_text())
         t = load_file(str(d / "expert_ranking.safetensors"))
         return cls(meta["language"], [tuple(b) for b in meta["blocks"]], t["average_precision"], t["order"],
-                   t["medians"], meta.get("source", {}))
+                   t["medians"], meta.get("source", {}), t.get("unit_medians"), t.get("language_variance"))
+
+
+CONTROLS = {
+    "random": "units drawn uniformly (seeded by seed, language, k) from the units of each (component, layer) block "
+              "outside the ranked experts, as many per block as the top-k experts have there; each forced to its "
+              "median response over L's sentences",
+    "variance": "the units of each (component, layer) block with the largest between-language variance of their "
+                "response, outside the ranked experts, as many per block as the top-k experts have there; each "
+                "forced to its median response over L's sentences",
+}
+"""The controls of a top-k expert set and their definitions (recorded in each control intervention's source)."""
 
 
 def interleave(texts: Mapping[str, Sequence[str]]) -> tuple[list[str], list[int]]:
@@ -219,15 +318,18 @@ def find_experts(model, tokenizer, texts: Mapping[str, Sequence[str]], *, target
     from interventions.models import model_id
 
     out = {}
+    variance = acc.between_group_variance()
+    every_unit = torch.arange(acc.n_units)
     for t in targets:
         g = languages.index(t)
         ap = acc.average_precision(g)
         order = torch.argsort(ap, descending=True, stable=True)[:k_max]
+        unit_medians = acc.median(g, every_unit)
         provenance = {"method": "finding_experts", "language": t, "negatives": [x for x in languages if x != t],
                       "n_per_language": min(counts.values()), "response": "max_over_tokens",
                       "value": "median_over_positives", "components": list(components), "bins": bins,
                       "model": model_id(model), **(source or {})}
-        out[t] = ExpertRanking(t, blocks, ap, order, acc.median(g, order), provenance)
+        out[t] = ExpertRanking(t, blocks, ap, order, unit_medians[order], provenance, unit_medians, variance)
     return out
 
 

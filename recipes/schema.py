@@ -184,6 +184,10 @@ class ExpertsConfig:
     n: int = 200
     """FLORES dev sentences per language for finding."""
     components: list[Literal["mlp_hidden", "attention_heads"]] = field(default_factory=lambda: ["mlp_hidden"])
+    separate_components: bool = False
+    """Rank and force each component's units separately (from one finding pass), instead of all of them together."""
+    controls: list[Literal["random", "variance"]] = field(default_factory=list)
+    """Matched control sets saved and measured like the experts (:data:`interventions.experts.CONTROLS`)."""
     apply_to: Union[Literal["source", "both"], list[Literal["source", "both"]]] = "both"
     """Force the experts while encoding the L sentences only (source) or L and English (both), or a list of both."""
     retrieval_n: int = 200
@@ -191,7 +195,8 @@ class ExpertsConfig:
     bins: int = 512
     """Histogram bins per unit for the streaming AP."""
     side_effects: bool = False
-    """Also measure script share of continuations and held-out perplexity before/after (at k)."""
+    """Also measure script share of continuations and held-out perplexity before/after, for every set at every k
+    of ks."""
 
     def __post_init__(self):
         """Single-field rules of the section (types are checked by :func:`_build`)."""
@@ -207,6 +212,8 @@ class ExpertsConfig:
         for i, k in enumerate(self.ks or []):
             if isinstance(k, int) and k < 1:
                 raise RecipeError(f"experts.ks[{i}]", f"expected an int >= 1, got {k}")
+        if isinstance(self.controls, list) and len(set(self.controls)) != len(self.controls):
+            raise RecipeError("experts.controls", f"expected a list without duplicates, got {self.controls}")
         if not self.components or len(set(self.components)) != len(self.components):
             raise RecipeError("experts.components",
                               f"expected a non-empty list without duplicates, got {self.components}")

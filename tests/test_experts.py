@@ -182,7 +182,8 @@ def test_ranking_k_out_of_range():
 
 
 def test_script_share():
-    from evaluate.experts_eval import retrieval_hits, script_share
+    from evaluate.experts_eval import script_share
+    from evaluate.retrieval import retrieval_hits
 
     assert script_share("안녕 hi", "ko") == pytest.approx(2 / 4)
     assert script_share("hola señor", "es") == 1.0
@@ -194,14 +195,14 @@ def test_script_share():
 @pytest.mark.gemma
 @pytest.mark.slow
 def test_gemma_experts_end_to_end(gemma):
-    from evaluate.experts_eval import retrieval_sweep
+    from evaluate.experts_eval import pools, sweep
 
     model, tok = gemma
     rankings = flores_experts(model, tok, ["en", "ko"], n=12, k_max=50, bins=256, progress=False)
     ko = rankings["ko"]
     assert ko.average_precision.shape == (18 * 2048,)
     assert float(ko.average_precision[ko.order[49]]) > 0.9  # Hangul vs Latin: easy experts exist
-    rows = retrieval_sweep(model, tok, ko, [50], n=12)
+    rows = sweep(model, tok, pools(rankings), [50], apply_to="both", retrieval_n=12).rows
     # per (k, direction): 18 layers + the pre-registered summaries "mean" and "middle"
     assert {r["k"] for r in rows} == {0, 50} and len(rows) == 2 * 2 * (18 + 2)
     assert sum(r["layer"] == "middle" for r in rows) == 4 and sum(r["layer"] == "mean" for r in rows) == 4

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from recipes.plan import StageWriter, make_plan
+from recipes.plan import make_plan
+from recipes.run_dir import StageWriter
 from recipes.run import main
 from recipes.schema import STAGES, RecipeError, recipe_from_dict
 from recipes.validate import load_recipe
@@ -49,7 +50,9 @@ def test_stage_hash_follows_its_settings():
                                                                       "experts.components[0]"),
     ({"components": ["mlp_hidden", "mlp_hidden"]}, "experts.components"), ({"languages": ["en", "ko"]},
                                                                              "experts.languages"),
-    ({"apply_to": "target"}, "experts.apply_to"), ({"enable": True}, "experts.enable"), ({"k": "ten"}, "experts.k")])
+    ({"apply_to": "target"}, "experts.apply_to"), ({"enable": True}, "experts.enable"), ({"k": "ten"}, "experts.k"),
+    ({"controls": ["shuffled"]}, "experts.controls[0]"), ({"controls": ["random", "random"]}, "experts.controls"),
+    ({"separate_components": "yes"}, "experts.separate_components")])
 def test_section_refuses_bad_values_naming_the_field(section, field, tmp_path, capsys, monkeypatch):
     with pytest.raises(RecipeError) as err:
         recipe_from_dict({"experts": section})
@@ -66,10 +69,17 @@ def test_section_refuses_bad_values_naming_the_field(section, field, tmp_path, c
 def test_shipped_experts_recipe_dry_run(tmp_path, capsys):
     assert main(["experts.yaml", "--dry-run", "--out", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
-    assert "  experts " in text and "find mlp_hidden experts of ar, es, id, ko, zh" in text
+    assert "  experts " in text and "find mlp_hidden+attention_heads experts of ar, es, id, ko, zh" in text
     recipe = load_recipe(SHIPPED)
     plan = make_plan(recipe, tmp_path)
     assert plan.stages["experts"].active and not plan.stages["steering"].active
+    # the sweep of issue 16: five languages, k in {5, 10, 20, 50}, both modes, both components ranked separately,
+    # both controls, n = 200 finding and 200 retrieval sentences, side effects
+    x = plan.stages["experts"].config
+    assert x["languages"] == ["ar", "es", "id", "ko", "zh"] and x["ks"] == [5, 10, 20, 50]
+    assert x["apply_to"] == ["source", "both"] and x["components"] == ["mlp_hidden", "attention_heads"]
+    assert x["separate_components"] and x["controls"] == ["random", "variance"]
+    assert x["n"] == 200 and x["retrieval_n"] == 200 and x["side_effects"]
     assert not plan.stages["alignment"].active and not (tmp_path / "run").exists()
 
 
@@ -118,6 +128,44 @@ def test_stage_on_a_tiny_model_writes_loadable_set_interventions(tmp_path, monke
     assert baseline and all(r["ratio"] == pytest.approx(1.0) for r in baseline if r["top1_before"] > 0)
     assert (d / "retrieval_ko.png").stat().st_size > 0 and (d / "REPORT.md").is_file()
     assert (d / "ko" / "ranking" / "expert_ranking.safetensors").is_file()
+
+
+def test_stage_with_controls_and_separate_components(tmp_path, monkeypatch):
+    from interventions.config import InterventionConfig
+
+    from recipes.stages import STAGE_FUNCTIONS, RunContext
+    from tiny_models import char_tokenizer, tiny_model
+
+    corpus = {"en": [f"the cat number {i} sat" for i in range(16)],
+              "ko": [f"zzqq xx {i} qqzz" for i in range(16)]}
+    monkeypatch.setattr("evaluate.loaders.load_flores", lambda lang, split="dev": corpus[lang])
+    recipe = recipe_from_dict({"experts": {"enabled": True, "languages": ["ko"], "k": 2, "ks": [2], "n": 12,
+                                           "bins": 32, "retrieval_n": 6, "apply_to": ["source", "both"],
+                                           "components": ["mlp_hidden", "attention_heads"],
+                                           "separate_components": True, "controls": ["random", "variance"]}})
+    plan = make_plan(recipe, tmp_path / "run")
+    ctx = RunContext(recipe, plan)
+    model, ctx._tokenizer = tiny_model("gemma3"), char_tokenizer()
+    ctx._model = model
+    stage = plan.stages["experts"]
+    with StageWriter(stage) as out:
+        result = STAGE_FUNCTIONS["experts"](ctx, stage, out)
+    d = stage.directory
+    assert result["interventions"] == {"ko": "ko/mlp_hidden/experts_k2"}
+    assert {r["path"] for r in result["saved"]} == {f"ko/{pool}/{name}_k2" for pool in ("mlp_hidden", "attention_heads")
+                                                    for name in ("experts", "random", "variance")}
+    for pool in ("mlp_hidden", "attention_heads"):
+        experts = InterventionConfig.from_pretrained(d / "ko" / pool / "experts_k2", model=model)
+        for name in ("random", "variance"):
+            control = InterventionConfig.from_pretrained(d / "ko" / pool / f"{name}_k2", model=model)
+            assert {iv.role for iv in control.interventions} == {"control"}
+            assert {iv.component for iv in control.interventions} == {pool}
+            assert sorted((iv.layer, iv.units.numel()) for iv in control.interventions) == sorted(
+                (iv.layer, iv.units.numel()) for iv in experts.interventions)  # matched per layer
+    # 2 pools x 2 modes x 1 k x 2 directions x 2 summaries per family
+    assert len(result["tests"]) == 2 * 16 and {t["control"] for t in result["tests"]} == {"random", "variance"}
+    assert "Experts vs a matched random control (primary family, Holm over 16 tests)" in (d / "REPORT.md").read_text()
+    assert (d / "retrieval_ko_attention_heads.png").is_file() and (d / "hits.safetensors").is_file()
 
 
 def test_experts_variant_needs_a_loaded_experts_directory():
