@@ -9,9 +9,10 @@ The same directory pushed to the Hub loads by its repo id.
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any
+
+from interventions.hub import push_to_hub
 
 METADATA_FILE = "training_metadata.json"
 
@@ -23,17 +24,6 @@ _PAPERS = {
     "clo": "Cross-lingual optimisation, CLO (Lee et al. 2025): DPO on cross-lingual preference pairs plus an NLL "
            "term on target-language responses.",
 }
-
-
-def versions() -> dict[str, str]:
-    import datasets
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "trl": trl.__version__, "datasets": datasets.__version__}
 
 
 def write_metadata(out_dir: str | Path, metadata: dict[str, Any]) -> Path:
@@ -136,12 +126,8 @@ def load_adapter(model, path_or_hub_id: str | Path, *, adapter_name: str = "defa
 
 def push_adapter(out_dir: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Upload an adapter directory (adapter, metadata, model card) to the Hub; returns the repo URL."""
-    from huggingface_hub import HfApi
-
     out_dir = Path(out_dir)
     if not (out_dir / "adapter_config.json").is_file():
         raise ValueError(f"{out_dir}: not an adapter directory (expected adapter_config.json)")
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, ignore_patterns=["checkpoints/*"])
-    return f"https://huggingface.co/{repo_id}"
+    return push_to_hub(repo_id, [(out_dir, "")], private=private, token=token,
+                       commit_message="Upload alignment adapter")[0]

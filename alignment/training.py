@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
-from .adapters import versions, write_metadata, write_model_card
+from interventions.provenance import versions
+
+from .adapters import write_metadata, write_model_card
 from .config import AlignmentConfig
 
 logger = logging.getLogger(__name__)

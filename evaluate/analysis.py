@@ -16,7 +16,6 @@ Representations are ``block_output`` of every decoder layer, mean-pooled over re
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from evaluate.outputs import write_csv
 from evaluate.retrieval import retrieval_top1  # the project's one retrieval helper
 
 Reps = Mapping[str, torch.Tensor]  # language -> Tensor[n_layers, n, hidden], parallel rows
@@ -220,17 +220,6 @@ def retrieval_by_layer(model=None, tokenizer=None, languages: Sequence[str] = ("
             rows.append({"layer": layer, "language": lang, "to_en": retrieval_top1(src, tgt),
                          "from_en": retrieval_top1(tgt, src)})
     return rows
-
-
-def write_csv(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def plot_by_layer(rows: list[dict], y: Sequence[str], path: str | Path, hue: str | None = None,

@@ -20,16 +20,11 @@ import seaborn as sns  # noqa: E402
 
 from .crossfit_stats import NONINFERIORITY_MARGIN  # noqa: E402
 from .generations import render_generations  # noqa: E402
+from .stats import format_p  # noqa: E402
 
 
 def _n(x, fmt: str = "+.3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def _p(p) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _points(results: dict) -> dict[tuple[str, str], dict]:
@@ -88,7 +83,8 @@ def tests_table(results: dict) -> str:
     for t in results["tests"]:
         ci = (f" [{_n(t.get('ci_low'))}, {_n(t.get('ci_high'))}]" if t.get("ci_low") is not None else "")
         lines.append(f"| {t['test']} | {t['claim']} | {t.get('compared') or t.get('outcome', '')} | {t.get('n', 0)} "
-                     f"| {_n(t.get('estimate'))}{ci} | {_p(t.get('p'))} | {_p(t.get('p_holm'))} | {t['verdict']} |")
+                     f"| {_n(t.get('estimate'))}{ci} | {format_p(t.get('p'))} | {format_p(t.get('p_holm'))} "
+                     f"| {t['verdict']} |")
     return "\n".join(lines)
 
 
@@ -103,7 +99,7 @@ def plane_table(results: dict, language: str = "pooled") -> str:
         lines.append(f"| {r['variant']} | {r['axis']} | {r['n']} | {_n(r['margin'], '.3f')} "
                      f"[{_n(r['margin_ci_low'], '.3f')}, {_n(r['margin_ci_high'], '.3f')}] | {_n(r['accuracy'], '.3f')} "
                      f"[{_n(r['accuracy_ci_low'], '.3f')}, {_n(r['accuracy_ci_high'], '.3f')}] | {diff} "
-                     f"| {_p(r.get('p_margin_diff'))} |")
+                     f"| {format_p(r.get('p_margin_diff'))} |")
     return "\n".join(lines)
 
 

@@ -40,7 +40,6 @@ from . import stats
 
 NONINFERIORITY_MARGIN = 0.1
 """nats of mean transfer margin that Surgical Steering may cost and still count as non-inferior."""
-LEVEL = 0.05
 AXES = ("transfer", "localization")
 
 
@@ -190,11 +189,11 @@ def preregistered_tests(runs: Mapping[str, Sequence[Mapping]], selections: Mappi
         t["p_holm"] = float(adj)
         t["p_opposite_holm"] = float(opp)
         if t["test"] == "not_orthogonal":
-            t["verdict"] = ("contradicted (not orthogonal)" if adj < LEVEL else
+            t["verdict"] = ("contradicted (not orthogonal)" if adj < stats.LEVEL else
                             "not contradicted (no departure from orthogonality detected at this scale)")
-        elif np.isfinite(adj) and adj < LEVEL:
+        elif np.isfinite(adj) and adj < stats.LEVEL:
             t["verdict"] = "supported"
-        elif np.isfinite(opp) and opp < LEVEL:
+        elif np.isfinite(opp) and opp < stats.LEVEL:
             t["verdict"] = "contradicted"
         else:
             t["verdict"] = "not reproduced at this scale" if t.get("n") else "not measured"

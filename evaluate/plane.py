@@ -28,14 +28,8 @@ Outputs (atomic writes) in ``out_dir``: ``results.json``, ``results.csv``, ``pre
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
-import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +39,10 @@ from tqdm.auto import tqdm
 
 from .baselines import baseline_choices
 from .margins import item_margin
-from .outputs import atomic_write
+from interventions.fsutil import atomic_write
+from interventions.provenance import versions
+
+from .outputs import results_csv
 from .outcomes import reference_gaps, variant_outcomes
 from .plane_scores import metric_rows, plane_rows
 from .sampling import MAX_GOLD_SHARE, stratified_sample
@@ -53,11 +50,6 @@ from . import stats
 from .scoring import score_items
 
 logger = logging.getLogger(__name__)
-
-CSV_FIELDS = ("variant", "language", "task", "cue", "metric", "value", "ci_low", "ci_high", "n", "chance",
-              "baseline_majority", "baseline_fewer_tokens", "p_vs_chance", "above_chance", "diff_vs_base",
-              "p_vs_base")
-
 
 @dataclass
 class Variant:
@@ -88,20 +80,6 @@ class Variant:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def library_versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("torch", "transformers", "pyvene", "peft", "trl", "datasets", "numpy", "seaborn"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - a missing optional library is simply not listed
-            continue
-    with contextlib.suppress(Exception):
-        root = Path(__file__).resolve().parents[1]
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                           timeout=10).stdout.strip()
-    return out
-
-
 def _resolve_tasks(tasks, seed: int):
     from .tasks import get_task
 
@@ -208,7 +186,7 @@ def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Seq
             "transfer_score": "mean over transfer tasks of accuracy (0/1 per item: gold candidate chosen)",
             "localization_score": "mean over localization tasks of localization_score on implicit-cue items "
                                   "(0/1 per item: the local answer is preferred over the US answer)",
-            "ci": f"percentile bootstrap {int(100 * (1 - stats.ALPHA))}% CI over items ({n_boot} resamples; "
+            "ci": f"percentile bootstrap {int(100 * (1 - stats.LEVEL))}% CI over items ({n_boot} resamples; "
                   "stratified by task for the plane scores)",
             "p_vs_chance": "one-sided exact Poisson-binomial test against per-item chance 1/len(candidates)",
             "p_vs_base": "exact McNemar on paired 0/1 outcomes vs the first variant (paired bootstrap otherwise; "
@@ -223,7 +201,7 @@ def evaluate_plane(variants: Sequence[Variant], tokenizer, tasks, languages: Seq
                                  "uniform guess where it is not a candidate",
             "baseline_fewer_tokens": "expected score of picking the candidate with the fewest tokens",
         },
-        "versions": library_versions(),
+        "versions": versions(),
         "variants": [v.describe() for v in variants],
         "n_items": {f"{t}/{lang}": len(items) for (t, lang), items in by_cell.items()},
         "n_gap_items": {f"{t}/{lang}": len(ids) for (t, lang), ids in gaps.items()},
@@ -242,14 +220,7 @@ def write_outputs(results: dict, variants, by_cell, scores, out_dir: Path, gaps:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "results.json", json.dumps(results, indent=2, default=str, ensure_ascii=False))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for r in results["metrics"]:
-        writer.writerow(r)
-    for r in results["plane"]:
-        writer.writerow({**r, "task": "plane", "cue": "", "metric": r["score"]})
-    atomic_write(out_dir / "results.csv", buf.getvalue())
+    atomic_write(out_dir / "results.csv", results_csv(results))
     lines = []
     kinds = results["config"]["task_kinds"]
     gap_ids = set().union(*gaps.values()) if gaps else set()

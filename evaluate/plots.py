@@ -19,7 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .outputs import HEADLINE, MEAN, atomic_write  # noqa: E402
+from interventions.fsutil import atomic_write  # noqa: E402
+
+from .outputs import HEADLINE, MEAN  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

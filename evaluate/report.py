@@ -8,20 +8,13 @@ from __future__ import annotations
 
 from .generations import render_generations
 from .outputs import HEADLINE, MEAN
-
-ALPHA = 0.05
+from .stats import LEVEL, format_p
 
 
 def _ci(r: dict) -> str:
     if r.get("value") is None or r["value"] != r["value"]:
         return "n/a"
     return f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-
-
-def _p(p) -> str:
-    if p is None or p != p:
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 def _mark(r: dict) -> str:
@@ -62,7 +55,7 @@ def _diff(r: dict | None) -> str:
     if not r or r.get("diff_vs_base") is None:
         return ""
     ci = (f" [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]" if r.get("diff_ci_low") is not None else "")
-    return f"{r['diff_vs_base']:+.2f}{ci} (p={_p(r.get('p_vs_base'))})"
+    return f"{r['diff_vs_base']:+.2f}{ci} (p={format_p(r.get('p_vs_base'))})"
 
 
 def margin_table(results: dict) -> str:
@@ -87,8 +80,8 @@ def metrics_table(results: dict) -> str:
         diff = f"{r['diff_vs_base']:+.3f}" if "diff_vs_base" in r else ""
         lines.append(f"| {r['variant']} | {r['task']} | {r['language']} | {r['cue'] or '-'} | {r['metric']} | "
                      f"{_ci(r)} | {r['n']} | {_num(r.get('chance'))} | {_num(r.get('baseline_majority'))} | "
-                     f"{_num(r.get('baseline_fewer_tokens'))} | {_p(r.get('p_vs_chance'))} | {diff} | "
-                     f"{_p(r.get('p_vs_base')) if 'p_vs_base' in r else ''} |")
+                     f"{_num(r.get('baseline_fewer_tokens'))} | {format_p(r.get('p_vs_chance'))} | {diff} | "
+                     f"{format_p(r.get('p_vs_base')) if 'p_vs_base' in r else ''} |")
     return "\n".join(lines)
 
 
@@ -108,11 +101,11 @@ def read_plane(results: dict) -> str:
                      f"(95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, chance {r['chance']:.3f}"
                      + (f"; trivial baselines: {', '.join(beats)}" if beats else "") + "), which is "
                      f"{'above' if r['above_chance'] else 'not distinguishable from'} chance "
-                     f"(p={_p(r['p_vs_chance'])}).")
+                     f"(p={format_p(r['p_vs_chance'])}).")
     for r in rows:
         if r["variant"] == base or "diff_vs_base" not in r:
             continue
-        sig = r["p_vs_base"] < ALPHA
+        sig = r["p_vs_base"] < LEVEL
         if r["diff_vs_base"] == 0:
             where = "" if r["language"] == MEAN else f" in {r['language']}"
             parts.append(f"{r['variant']} leaves {r['score']}{where} unchanged vs {base}.")
@@ -120,7 +113,7 @@ def read_plane(results: dict) -> str:
         direction = "raises" if r["diff_vs_base"] > 0 else "lowers"
         where = "" if r["language"] == MEAN else f" in {r['language']}"
         parts.append(f"{r['variant']} {direction} {r['score']}{where} by {r['diff_vs_base']:+.3f} vs {base} "
-                     f"({'significant' if sig else 'not significant'}, paired p={_p(r['p_vs_base'])}).")
+                     f"({'significant' if sig else 'not significant'}, paired p={format_p(r['p_vs_base'])}).")
     by_lang = [r for r in headline if r["language"] != MEAN and r["variant"] == base]
     above = sorted({f"{r['language']} ({r['score']})" for r in by_lang if r["above_chance"]})
     if by_lang:
@@ -146,7 +139,7 @@ def read_tasks(results: dict) -> str:
         else:
             s = (f"{task} ({metric}): {base} is above chance in {', '.join(above)}"
                  + (f" and not in {', '.join(not_above)}" if not_above else "") + ".")
-        moved = [r for r in rs if r["variant"] != base and r.get("p_vs_base", 1) < ALPHA]
+        moved = [r for r in rs if r["variant"] != base and r.get("p_vs_base", 1) < LEVEL]
         if moved:
             s += " Significant moves vs base: " + "; ".join(
                 f"{r['variant']} {r['language']} {r['diff_vs_base']:+.3f}" for r in moved) + "."

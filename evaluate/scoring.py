@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from interventions.components import unwrap
+
 NORMALIZATIONS = ("sum", "mean")
 
 
@@ -142,9 +144,7 @@ def _make_score(item, logprob: list[float], n_tokens: list[int], normalization: 
 # ------------------------------------------------------------------------------------- model surgery
 def split_model(model):
     """(inner decoder, lm_head, logit post-processing) of a causal LM, seeing through PEFT wrappers."""
-    lm = model
-    if hasattr(lm, "peft_config") and hasattr(lm, "get_base_model"):
-        lm = lm.get_base_model()
+    lm = unwrap(model)
     prefix = getattr(lm, "base_model_prefix", "")
     inner = getattr(lm, prefix, None) if prefix else None
     if inner is None and hasattr(lm, "get_decoder"):

@@ -22,7 +22,16 @@ from typing import Sequence
 
 import numpy as np
 
-ALPHA = 0.05
+LEVEL = 0.05
+"""The significance level of every test and verdict, and the miscoverage of every CI (95%): one place.
+Named ``level``, never ``alpha``, which is the steering strength."""
+
+
+def format_p(p) -> str:
+    """A p-value as reports print it: ``<0.001``, three decimals, or ``n/a`` (None or NaN)."""
+    if p is None or p != p:
+        return "n/a"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 def _vector(values, name: str = "values") -> np.ndarray:
@@ -46,17 +55,17 @@ def _boot_means(a: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return a[idx].mean(axis=1)
 
 
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA) -> tuple[float, float, float]:
-    """(mean, ci_low, ci_high): percentile bootstrap ``1 - alpha`` interval of the mean. NaNs when empty."""
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, ci_low, ci_high): percentile bootstrap ``1 - level`` interval of the mean. NaNs when empty."""
     a = _vector(values)
     if a.size == 0:
         return (math.nan, math.nan, math.nan)
     means = _boot_means(a, n_boot, seed)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    low, high = np.quantile(means, [level / 2, 1 - level / 2])
     return float(a.mean()), float(low), float(high)
 
 
-def paired_bootstrap(a, b, n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA) -> dict[str, float]:
+def paired_bootstrap(a, b, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> dict[str, float]:
     """Paired bootstrap of ``mean(b) - mean(a)`` over the same items (``a[i]`` and ``b[i]`` are one item).
 
     Returns ``diff``, ``ci_low``, ``ci_high`` and a two-sided ``p_value``: the share of bootstrap means of the
@@ -71,7 +80,7 @@ def paired_bootstrap(a, b, n_boot: int = 1000, seed: int = 0, alpha: float = ALP
     d = y - x
     obs = float(d.mean())
     means = _boot_means(d, n_boot, seed)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    low, high = np.quantile(means, [level / 2, 1 - level / 2])
     if np.all(d == d[0]):  # no variation: either no difference at all or a constant shift
         p = 1.0 if obs == 0 else 1.0 / (n_boot + 1)
     else:
@@ -116,7 +125,7 @@ def poisson_binomial_sf(k: int, probs) -> float:
     return float(min(1.0, max(0.0, pmf[max(k, 0):].sum())))
 
 
-def vs_chance(values, chance, n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA) -> dict[str, float | bool]:
+def vs_chance(values, chance, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> dict[str, float | bool]:
     """One-sided test that the mean of ``values`` is above ``chance`` (a number or one rate per item).
 
     0/1 outcomes: exact Poisson-binomial tail ``P(X >= observed successes)`` under the per-item chance rates.
@@ -134,45 +143,45 @@ def vs_chance(values, chance, n_boot: int = 1000, seed: int = 0, alpha: float = 
     else:
         means = _boot_means(a, n_boot, seed)
         p = float(((means <= rates.mean()).sum() + 1) / (n_boot + 1))
-    return {"chance": float(rates.mean()), "p_vs_chance": p, "above_chance": bool(p < alpha and a.mean() > rates.mean())}
+    return {"chance": float(rates.mean()), "p_vs_chance": p, "above_chance": bool(p < level and a.mean() > rates.mean())}
 
 
-def summarize(values, chance=None, n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA) -> dict:
+def summarize(values, chance=None, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> dict:
     """``value, ci_low, ci_high, n`` (+ ``chance, p_vs_chance, above_chance`` when ``chance`` is given)."""
     a = _vector(values)
-    value, low, high = bootstrap_ci(a, n_boot=n_boot, seed=seed, alpha=alpha)
+    value, low, high = bootstrap_ci(a, n_boot=n_boot, seed=seed, level=level)
     out = {"value": value, "ci_low": low, "ci_high": high, "n": int(a.size)}
     if chance is not None:
-        out.update(vs_chance(a, chance, n_boot=n_boot, seed=seed, alpha=alpha))
+        out.update(vs_chance(a, chance, n_boot=n_boot, seed=seed, level=level))
     return out
 
 
-def compare(base, other, n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA) -> dict:
+def compare(base, other, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> dict:
     """Paired comparison of ``other`` against ``base`` on the same items: paired bootstrap (+ McNemar for 0/1)."""
-    pb = paired_bootstrap(base, other, n_boot=n_boot, seed=seed, alpha=alpha)
+    pb = paired_bootstrap(base, other, n_boot=n_boot, seed=seed, level=level)
     out = {"diff": pb["diff"], "diff_ci_low": pb["ci_low"], "diff_ci_high": pb["ci_high"],
            "p_paired_bootstrap": pb["p_value"], "n": int(np.asarray(base).size)}
     x, y = _vector(base, "base"), _vector(other, "other")
     if x.size and _is_binary(x) and _is_binary(y):
         out["p_mcnemar"] = mcnemar(x, y)["p_value"]
     p = out.get("p_mcnemar", out["p_paired_bootstrap"])
-    out["significant"] = bool(p < alpha) if not math.isnan(p) else False
+    out["significant"] = bool(p < level) if not math.isnan(p) else False
     return out
 
 
 def mean_of_means(groups: Sequence[Sequence[float]], n_boot: int = 1000, seed: int = 0,
-                  alpha: float = ALPHA) -> tuple[float, float, float]:
+                  level: float = LEVEL) -> tuple[float, float, float]:
     """(mean, ci_low, ci_high) of the average of several metrics' means, resampling items within each metric
     (stratified bootstrap); used for transfer_score / localization_score, which average tasks."""
     arrays = [_vector(g) for g in groups if len(g)]
     if not arrays:
         return (math.nan, math.nan, math.nan)
     boots = np.stack([_boot_means(a, n_boot, seed + i) for i, a in enumerate(arrays)]).mean(axis=0)
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    low, high = np.quantile(boots, [level / 2, 1 - level / 2])
     return float(np.mean([a.mean() for a in arrays])), float(low), float(high)
 
 
-def stratified_paired_bootstrap(base, other, strata, n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA,
+def stratified_paired_bootstrap(base, other, strata, n_boot: int = 1000, seed: int = 0, level: float = LEVEL,
                                 weighting: str = "items") -> dict:
     """Mean of ``other - base`` pooled over strata (e.g. languages), items resampled *within* each stratum.
 
@@ -206,7 +215,7 @@ def stratified_paired_bootstrap(base, other, strata, n_boot: int = 1000, seed: i
     w = w / w.sum()
     obs = float(np.dot(w, obs_means))
     boots = np.stack(boot_means, axis=1) @ w
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    low, high = np.quantile(boots, [level / 2, 1 - level / 2])
     if all(np.all(d[labels == name] == d[labels == name][0]) for name in names):  # no within-stratum variation
         p = 1.0 if obs == 0 else 1.0 / (n_boot + 1)
     else:
@@ -246,7 +255,7 @@ def holm(pvalues) -> list[float]:
     """Holm's step-down adjusted p-values, in the input order (NaNs stay NaN and are not counted).
 
     With the m p-values sorted ascending, ``adj_(k) = max_{j <= k} min(1, (m - j + 1) * p_(j))``; rejecting
-    where ``adj < alpha`` controls the family-wise error rate at ``alpha``.
+    where ``adj < level`` controls the family-wise error rate at ``level``.
     """
     p = np.asarray(list(pvalues), dtype=np.float64)
     if p.ndim != 1:

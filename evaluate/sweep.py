@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from evaluate.analysis import write_csv
+from evaluate.outputs import write_csv
 from evaluate.margins import item_margin
 from evaluate.scoring import score_items
 from interventions.config import InterventionConfig

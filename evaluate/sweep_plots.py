@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .outputs import atomic_write  # noqa: E402
+from interventions.fsutil import atomic_write  # noqa: E402
 
 REQUIRED = ("vector", "layer", "coefficient", "transfer_gain", "localization_gain")
 GAINS = ("transfer_gain", "localization_gain")

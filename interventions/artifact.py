@@ -37,15 +37,6 @@ class InterventionConfigError(ValueError):
         super().__init__(f"{prefix}{field_name}: {message}")
 
 
-def library_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("surgical-steering")
-    except Exception:  # running from a source tree that is not installed
-        return "0.1.0"
-
-
 def is_language(value: Any) -> bool:
     return isinstance(value, str) and LANGUAGE_PATTERN.fullmatch(value) is not None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,11 @@ from .artifact import (  # noqa: F401 (the artifact's vocabulary, importable fro
     ROLES,
     VECTORS_NAME,
     InterventionConfigError,
-    library_version,
 )
 from .card import model_card
 from .components import UNIT_COMPONENTS, component_width, hidden_size, num_layers, unwrap
-from .fsutil import fresh_sibling_dir, printable, replace_dir, save_safetensors
-from .hub import push_directory, resolve
+from .fsutil import atomic_dir, printable, save_safetensors
+from .hub import push_to_hub, resolve
 from .kinds import (  # noqa: F401 (the built-in kinds, importable from here as before)
     INTERVENTION_KINDS,
     AdditiveIntervention,
@@ -42,6 +40,7 @@ from .kinds import (  # noqa: F401 (the built-in kinds, importable from here as 
     model_dtype,
 )
 from .loader import read_directory
+from .provenance import library_version
 
 
 def _model_info(model: nn.Module, revision: str | None = None) -> dict:
@@ -128,8 +127,7 @@ class InterventionConfig:
         """
         self.validate(model)
         target = Path(save_directory)
-        work = fresh_sibling_dir(target)
-        try:
+        with atomic_dir(target) as work:
             tensors = {}
             for iv in self.interventions:
                 for key, t in iv.tensors().items():
@@ -143,9 +141,6 @@ class InterventionConfig:
                 export_pyvene(model, self.interventions, work)
             card = model_card(self.base_model, self.interventions, pyvene_layout=model is not None, extra=card_extra)
             (work / "README.md").write_text(card, encoding="utf-8")
-            replace_dir(work, target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         return target
 
     @classmethod
@@ -167,7 +162,8 @@ class InterventionConfig:
         """Create the Hub repo (if needed) and upload the intervention directory with ``huggingface_hub``."""
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "interventions", model=model, card_extra=card_extra)
-            return push_directory(folder, repo_id, private=private, token=token, commit_message=commit_message)
+            return push_to_hub(repo_id, [(folder, "")], private=private, token=token,
+                               commit_message=commit_message)[1][0]
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{iv.name}:{iv.kind}@{iv.component}[{iv.layer}]" for iv in self.interventions)

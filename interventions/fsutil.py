@@ -8,18 +8,24 @@
   no absurd integers, bounded nesting; every refusal is one :class:`JSONInputError` naming the path in the
   document (``interventions[0].layer``).
 * :func:`save_safetensors` writes safetensors with byte-identical output between identical runs.
-* :func:`fresh_sibling_dir` makes the temporary directory of an atomic save with ordinary permissions.
+* Atomic writes, the one implementation every writer uses: :func:`atomic_write` (a file from bytes or text),
+  :func:`atomic_path` (a file written by a library that wants a path), :func:`atomic_dir` (a directory);
+  each goes through a hidden temporary sibling (:func:`fresh_sibling_dir`, ``.<name>.<random>``) renamed
+  into place with ``os.replace`` (:func:`replace_dir` for directories), gives the result the ordinary
+  permissions of the umask (:func:`ordinary_permissions`), and leaves nothing behind when it fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import stat
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
@@ -109,6 +115,78 @@ def replace_dir(work: str | os.PathLike, target: str | os.PathLike) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where ``/proc`` allows (``os.umask`` sets it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_permissions(root: str | os.PathLike) -> None:
+    """Give a file, or a tree and everything in it, the modes of ordinary files: 0777/0666 less the umask
+    (``mkstemp`` makes 0600 files, ``mkdtemp`` 0700 directories, safetensors' ``save_file`` 0600 files)."""
+    root = Path(root)
+    mask = _umask()
+    dirs, files = 0o777 & ~mask, 0o666 & ~mask
+    if root.is_file() and not root.is_symlink():
+        os.chmod(root, files)
+        return
+    os.chmod(root, dirs)
+    for folder, subdirs, names in os.walk(root):
+        for name in subdirs + names:
+            entry = os.path.join(folder, name)
+            if not os.path.islink(entry):
+                os.chmod(entry, dirs if name in subdirs else files)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """``with atomic_path(target) as tmp:`` write the file ``tmp``; when the block succeeds it gets ordinary
+    permissions and replaces ``target`` (``os.replace``); when it fails, ``tmp`` is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp, done = Path(name), False
+    try:
+        yield tmp
+        ordinary_permissions(tmp)
+        os.replace(tmp, target)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically: readers see the old file or the new one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_dir(target) as work:`` fill the empty directory ``work``; when the block succeeds it
+    (and everything in it) gets ordinary permissions and replaces ``target``; when it fails, it is removed."""
+    work, done = fresh_sibling_dir(target), False
+    try:
+        yield work
+        ordinary_permissions(work)
+        replace_dir(work, target)
+        done = True
+    finally:
+        if not done:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- safetensors

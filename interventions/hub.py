@@ -1,9 +1,12 @@
-"""Hugging Face Hub I/O for intervention directories (``huggingface_hub`` does the work)."""
+"""Hugging Face Hub I/O (``huggingface_hub`` does the work): fetching intervention directories, and
+:func:`push_to_hub`, the one upload every publisher uses (intervention directories, adapters, a run's
+publish stage)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from .artifact import CONFIG_NAME, VECTORS_NAME, InterventionConfigError
 
@@ -51,15 +54,29 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None,
     return snapshot, root
 
 
-def push_directory(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
-                   commit_message: str = "Upload intervention config", repo_type: str = "model") -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; returns the commit URL."""
+def push_to_hub(repo_id: str, folders: Sequence[tuple[str | os.PathLike, str]] = (),
+                files: Sequence[tuple[str | os.PathLike, str]] = (), *, private: bool = False,
+                token: str | None = None, commit_message: str = "Upload", repo_type: str = "model",
+                ignore_patterns: Sequence[str] = ("checkpoints/*",)) -> tuple[str, list[str]]:
+    """Create ``repo_id`` if needed (``exist_ok``), upload each ``(folder, path in repo)`` (``""``: the repo
+    root; ``ignore_patterns`` skipped), then each ``(file, path in repo)``; one commit per upload.
+
+    Returns ``(repo URL, [commit URL per upload])``.
+    """
     from huggingface_hub import HfApi
     from huggingface_hub.utils import validate_repo_id
 
     validate_repo_id(repo_id)
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
-                             commit_message=commit_message)
-    return str(getattr(info, "commit_url", info))
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
+    commits = []
+    for folder, in_repo in folders:
+        info = api.upload_folder(folder_path=str(folder), path_in_repo=in_repo or None, repo_id=repo_id,
+                                 repo_type=repo_type, commit_message=commit_message,
+                                 ignore_patterns=list(ignore_patterns))
+        commits.append(str(getattr(info, "commit_url", info)))
+    for path, in_repo in files:
+        info = api.upload_file(path_or_fileobj=str(path), path_in_repo=in_repo, repo_id=repo_id,
+                               repo_type=repo_type, commit_message=commit_message)
+        commits.append(str(getattr(info, "commit_url", info)))
+    return str(url), commits

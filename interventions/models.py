@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .components import unwrap
+from .fsutil import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +68,12 @@ def ensure_embedded_model() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".gemma-3-270m.", dir=target.parent))
-    try:
+    # the GGUF is assembled in a scratch directory; the converted folder is written by atomic_dir, which
+    # replaces an old or incomplete conversion only once the new one is complete
+    with tempfile.TemporaryDirectory(prefix=".gemma-3-270m.", dir=target.parent) as scratch, \
+            atomic_dir(target) as out:
         logger.info("Converting the embedded gemma-3-270m GGUF to safetensors (one time, ~1 min)")
-        gguf_path = pkg.assemble(work / "gguf" / pkg.MODEL_NAME)  # sha256-checked by the package
+        gguf_path = pkg.assemble(Path(scratch) / "gguf" / pkg.MODEL_NAME)  # sha256-checked by the package
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
@@ -87,7 +91,6 @@ def ensure_embedded_model() -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config._name_or_path = EMBEDDED_HUB_ID
-        out = work / "model"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         (out / _CONVERTED_MARKER).write_text(
@@ -98,11 +101,6 @@ def ensure_embedded_model() -> Path:
             )
         )
         del model
-        if target.exists():  # an old or incomplete conversion: replace it
-            shutil.rmtree(target)
-        os.replace(out, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
@@ -174,6 +172,4 @@ def load_tokenizer(name_or_path: str = "gemma-3-270m", *, revision: str | None =
 
 def model_id(model) -> str:
     """The Hub id / path a model was loaded from (the embedded model reports google/gemma-3-270m)."""
-    base = getattr(model, "get_base_model", None)
-    config = (base() if callable(base) else model).config
-    return getattr(config, "_name_or_path", "") or ""
+    return getattr(unwrap(model).config, "_name_or_path", "") or ""

@@ -72,7 +72,8 @@ def vector_cosine_rows(vectors: dict, selection: dict, seed: int = 0) -> tuple[l
 
 def run_analysis(ctx, stage, out: Path) -> dict:
     from evaluate.analysis import (flores_representations, language_separation, layerwise_pca_grid,
-                                   plot_by_layer, retrieval_by_layer, write_csv)
+                                   plot_by_layer, retrieval_by_layer)
+    from evaluate.outputs import write_csv
 
     an = ctx.recipe.analysis
     langs = ["en"] + [x for x in ctx.recipe.evaluate.languages if x != "en"]

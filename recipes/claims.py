@@ -29,8 +29,8 @@ import math
 from pathlib import Path
 from statistics import NormalDist
 
-LEVEL = 0.05
-"""Significance level of every verdict (alpha, in this module, is the steering strength)."""
+from evaluate.stats import LEVEL, format_p
+
 _N = NormalDist()
 
 
@@ -38,12 +38,6 @@ def _fmt(x, digits: int = 3, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
-
-def _p(p) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "n/a"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 def stouffer(parts: list[tuple[float, float, int]]) -> tuple[float | None, float | None, int]:
@@ -246,7 +240,7 @@ def measure_claims(results: dict, steering_dir: Path | None, analysis_dir: Path 
 def _cell(c: dict | None) -> str:
     if not c:
         return "n/a"
-    p = f", p={_p(c['p'])}" if c.get("p") is not None else ", no paired test"
+    p = f", p={format_p(c['p'])}" if c.get("p") is not None else ", no paired test"
     return f"{_fmt(c.get('ref_value'))} -> {_fmt(c.get('value'))} ({_fmt(c['diff'], sign=True)}{p})" \
         if "value" in c else f"{_fmt(c['diff'], sign=True)} pooled{p}, n={c.get('n')}"
 

@@ -83,7 +83,7 @@ def _model_for(ctx, run: str):
 
 
 def run_crossfit(ctx, stage, out: Path) -> dict:
-    from evaluate.analysis import write_csv
+    from evaluate.outputs import write_csv
     from evaluate.crossfit import crossfit_language, modal_choice, unsteered_outcomes
     from evaluate.crossfit_data import language_data
     from interventions.components import num_layers
@@ -223,7 +223,7 @@ def report_crossfit(ctx, stage, out: Path) -> dict:
         _write_json(out / "results.json", results)
         written.append("results.json")
     if "csv" in r.formats:
-        from evaluate.analysis import write_csv
+        from evaluate.outputs import write_csv
 
         write_csv(results["plane"], out / "results.csv")
         write_csv(results["tests"], out / "tests.csv")

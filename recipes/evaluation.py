@@ -29,8 +29,6 @@ prediction records its ``unit`` (the language whose interventions steered it; nu
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import tempfile
 from dataclasses import dataclass
@@ -38,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from evaluate import generations, plots, report
-from evaluate.outputs import atomic_write
-from evaluate.plane import CSV_FIELDS, Variant, evaluate_plane
+from evaluate.outputs import results_csv
+from evaluate.plane import Variant, evaluate_plane
 from evaluate.scoring import NonFiniteScores
 from interventions.config import InterventionConfig
+from interventions.fsutil import atomic_write
 
 from .distributed import distributed_map
 from .pooling import pooled_rows
@@ -190,16 +189,6 @@ def item_ids(predictions: list[dict]) -> dict[str, list[str]]:
         language = parts[1] if len(parts) > 2 and parts[0] == p["task"] else p["language"]
         out.setdefault(f"{p['task']}/{language}", {})[p["item_id"]] = None
     return {key: list(ids) for key, ids in sorted(out.items())}
-
-
-def results_csv(results: dict) -> str:
-    """results.csv: the metric rows, then the plane rows (task ``plane``, metric = the score's name)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(results.get("metrics", []))
-    writer.writerows({**row, "task": "plane", "cue": "", "metric": row["score"]} for row in results["plane"])
-    return buf.getvalue()
 
 
 def write_outputs(out: Path, results: dict, predictions: list[dict]) -> None:

@@ -1,67 +1,20 @@
-"""The run plan: which stages run, their content hashes, and atomic stage directories.
+"""The run plan: which stages run, what each one does, and its content hash.
 
-Each stage's output lives in ``<run_dir>/<stage>-<hash12>/`` where the hash is the sha256 of
-the canonical JSON of the stage's own config plus the hashes of the upstream stages it reads.
-A stage is written into a hidden temporary sibling and renamed into place only after its
-``stage.json`` marker is written, so an interrupted stage leaves nothing a later run trusts; the
-hidden leftovers of a killed run are removed by the next run (:func:`clean_stale`). The hash also
-covers the library version and one digest of the bundled data (``evaluate/data``), so an upgrade
-never reuses a stage computed by other code or data. A run holds ``<run_dir>/.lock``
-(:class:`RunLock`) for its whole length: a second run into the same directory is refused.
+Each stage's hash is the sha256 of the canonical JSON of its own config plus the hashes of the upstream
+stages it reads (:func:`stage_configs` says which); it also covers the library version and one digest of
+the bundled data (``evaluate/data``), so an upgrade never reuses a stage computed by other code or data.
+Where the stages live, how they are committed and the run's lock: :mod:`recipes.run_dir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import importlib.util
-import json
-import os
-import re
-import shutil
-import sys
-import tempfile
-from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .crossfit_stage import uses_crossfit
-from .schema import STAGES, Recipe, RecipeError
-
-HASH_VERSION = 2
-MARKER = "stage.json"
-LOCK = ".lock"
-STALE = re.compile(rf"^\.(?:{'|'.join(STAGES)})-[0-9a-f]{{12}}\.(?:tmp|old)-|^\.recipe\.yaml\.")
-"""Hidden leftovers of a killed run: stage temp/trash directories and recipe.yaml temp files."""
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def content_hash(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
-
-
-@dataclass
-class StagePlan:
-    name: str
-    config: dict
-    upstream: list[str]
-    hash: str = ""
-    active: bool = True
-    """False when the recipe asks nothing of this stage (e.g. no adapter, publish disabled)."""
-    action: str = ""
-    directory: Path | None = None
-    complete: bool = False
-
-    @property
-    def status(self) -> str:
-        if not self.active:
-            return "off"
-        return "skip (complete)" if self.complete else "run"
+from .run_dir import HASH_VERSION, StagePlan, bundled_data_digest, content_hash, is_complete, library_version
+from .schema import STAGES, Recipe
 
 
 @dataclass
@@ -198,41 +151,6 @@ def stage_configs(recipe: Recipe) -> dict[str, tuple[dict, list[str], bool]]:
     }
 
 
-def library_version() -> str:
-    try:
-        return metadata.version("surgical-steering")
-    except metadata.PackageNotFoundError:  # a source tree that is not installed
-        return "unknown"
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over a directory tree: every file's relative path and contents, in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def bundled_data_digest() -> str:
-    """:func:`tree_digest` of the bundled data (``evaluate/data``), computed once per process."""
-    spec = importlib.util.find_spec("evaluate")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    return tree_digest(Path(locations[0]) / "data") if locations else "none"
-
-
-def is_complete(directory: Path, expected_hash: str) -> bool:
-    try:
-        meta = json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("hash") == expected_hash
-
-
 def make_plan(recipe: Recipe, run_dir: Path) -> Plan:
     """Hash every stage (own config + upstream hashes) and check which are already complete."""
     plan = Plan(recipe, Path(run_dir))
@@ -250,157 +168,3 @@ def make_plan(recipe: Recipe, run_dir: Path) -> Plan:
     return plan
 
 
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def publish_permissions(root: Path) -> None:
-    """Give a tree made by mkdtemp/mkstemp (0700/0600) the modes of ordinary files: 0777/0666 less the umask."""
-    mask = _umask()
-    dirs, files = 0o777 & ~mask, 0o666 & ~mask
-    if root.is_file() and not root.is_symlink():
-        os.chmod(root, files)
-        return
-    os.chmod(root, dirs)
-    for folder, subdirs, names in os.walk(root):
-        for name in subdirs + names:
-            entry = os.path.join(folder, name)
-            if not os.path.islink(entry):
-                os.chmod(entry, dirs if name in subdirs else files)
-
-
-def clean_stale(run_dir: Path) -> list[str]:
-    """Remove the hidden leftovers of a killed run (call with the run's lock held); their names."""
-    removed = []
-    for entry in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
-        if STALE.match(entry.name):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry.name)
-    return removed
-
-
-class RunLock:
-    """``with RunLock(run_dir):`` an exclusive, non-blocking ``flock`` on ``<run_dir>/.lock`` (pid inside).
-
-    A second holder is refused with a :class:`RecipeError` naming the lock and the pid holding it. The lock
-    file is removed on release; a run that opened it just before is told by the inode check and retries.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK
-        self.fd: int | None = None
-
-    def _holder(self) -> str:
-        try:
-            with open(self.path, encoding="ascii", errors="replace") as fh:
-                pid = fh.read(32).strip()
-        except OSError:
-            pid = ""
-        return pid if pid.isdigit() else "unknown"
-
-    def __enter__(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:  # no flock on this platform: runs are not serialized
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RecipeError("--out", f"another run holds {self.path} (pid {self._holder()}); wait for it "
-                                           "or use another --out") from None
-            except OSError as err:  # a file system without flock (some network mounts): run unserialized
-                os.close(fd)
-                print(f"warning: cannot lock {self.path} ({err.strerror}); runs into this directory are not "
-                      "serialized", file=sys.stderr, flush=True)
-                return self
-            try:
-                current = os.stat(self.path)
-                same = (current.st_ino, current.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev)
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the previous holder removed the file we opened: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        if self.fd is not None:
-            import fcntl
-
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-        return False
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a temporary sibling + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        publish_permissions(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class StageWriter:
-    """``with StageWriter(stage) as out:`` write into ``out``; committed only if the block succeeds."""
-
-    def __init__(self, stage: StagePlan, meta: dict | None = None, commit: bool = True):
-        self.stage = stage
-        self.meta = meta or {}
-        self.commit = commit
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        final = self.stage.directory
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        try:
-            if exc_type is None and self.commit:
-                marker = {"stage": self.stage.name, "hash": self.stage.hash, "config": self.stage.config,
-                          "upstream": self.stage.upstream, **self.meta}
-                (self.tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
-                publish_permissions(self.tmp)
-                final = self.stage.directory
-                if final.exists():  # --force, or a stale incomplete directory: move aside, then delete
-                    trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-                    os.replace(final, trash / "old")
-                    shutil.rmtree(trash, ignore_errors=True)
-                os.replace(self.tmp, final)
-                self.stage.complete = True
-        finally:
-            if self.tmp is not None and self.tmp.exists():
-                shutil.rmtree(self.tmp, ignore_errors=True)
-        return False

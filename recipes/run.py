@@ -14,30 +14,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from .inputs import check_environment
-from .plan import Plan, RunLock, StageWriter, atomic_write_text, clean_stale, is_complete, make_plan
+from .plan import Plan, make_plan
+from .run_dir import RunLock, StageWriter, clean_stale, is_complete
 from .schema import STAGES, RecipeError
 from .validate import find_recipe, load_recipe, model_shape
-
-PACKAGES = ("torch", "transformers", "peft", "trl", "pyvene", "accelerate", "huggingface_hub", "datasets")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recipes.run", description=__doc__.split("\n")[0],
@@ -93,6 +79,9 @@ def execute(plan: Plan) -> None:
 
 
 def _execute(plan: Plan, state, main: bool) -> None:
+    from interventions.fsutil import atomic_write
+    from interventions.provenance import versions
+
     from .distributed import shutdown, wait_for_everyone
     from .stages import STAGE_FUNCTIONS, RunContext
 
@@ -121,7 +110,7 @@ def _execute(plan: Plan, state, main: bool) -> None:
             print(f"[{stage.name}] done: {stage.directory}", flush=True)
     if main:
         resolved = yaml.safe_dump(plan.recipe.to_dict(), sort_keys=False, allow_unicode=True)
-        atomic_write_text(plan.run_dir / "recipe.yaml", resolved)
+        atomic_write(plan.run_dir / "recipe.yaml", resolved)
     shutdown(state)
 
 

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from .analysis_stage import run_analysis
 from .crossfit_stage import crossfit_evaluation, evaluate_crossfit, report_crossfit, run_crossfit, uses_crossfit
 from .experts_stage import run_experts
-from .plan import Plan, StagePlan
+from .plan import Plan
+from .run_dir import StagePlan
 from .schema import Recipe, RecipeError
 from .inputs import looks_like_path
 from .validate import check_layers
@@ -232,30 +233,19 @@ def publish_folders(ctx: RunContext) -> list[tuple[Path, str]]:
 
 
 def run_publish(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
-    from huggingface_hub import HfApi
+    from interventions.hub import push_to_hub
 
     p = ctx.recipe.publish
-    token = os.environ.get(p.token_env) or None
-    api = HfApi(token=token)
     folders = publish_folders(ctx)
-    card = None
+    cards = []
     if "report" in p.push:
         report = ctx.output("report")
         cards = sorted(report.glob("*.md")) if report else []
         if not cards:
             raise RuntimeError("publish: 'report' in publish.push but the report stage wrote no .md file")
-        card = cards[0]
-    url = api.create_repo(p.repo_id, private=p.private, exist_ok=True)
-    commits = []
-    for folder, in_repo in folders:
-        info = api.upload_folder(folder_path=str(folder), path_in_repo=in_repo or None, repo_id=p.repo_id,
-                                 commit_message=p.commit_message, ignore_patterns=["checkpoints/*"])
-        commits.append(str(getattr(info, "commit_url", info)))
-    if card is not None:
-        info = api.upload_file(path_or_fileobj=str(card), path_in_repo="README.md", repo_id=p.repo_id,
-                               commit_message=p.commit_message)
-        commits.append(str(getattr(info, "commit_url", info)))
-    record = {"repo_id": p.repo_id, "url": str(url), "commits": commits}
+    url, commits = push_to_hub(p.repo_id, folders, [(cards[0], "README.md")] if cards else [], private=p.private,
+                               token=os.environ.get(p.token_env) or None, commit_message=p.commit_message)
+    record = {"repo_id": p.repo_id, "url": url, "commits": commits}
     write_json(out / "publish.json", record)
     return record
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from evaluate.outputs import atomic_write
-from evaluate.plane import CSV_FIELDS, Variant, collect_items, evaluate_plane
+from evaluate.outputs import CSV_FIELDS
+from evaluate.plane import Variant, collect_items, evaluate_plane
 from evaluate.tasks import Item, Task
 from tiny_models import tiny_lora, tiny_model, word_bpe_tokenizer
 
@@ -132,13 +132,6 @@ def test_bad_input(tok, tmp_path):  # noqa: F811
         evaluate_plane([Variant("a", m)], tok, ["no_such_task"], ["ko"])
     with pytest.raises(ValueError, match="no items"):
         evaluate_plane([Variant("a", m)], tok, [TinyLocal()], ["es"])
-
-
-def test_atomic_write_replaces(tmp_path):
-    p = tmp_path / "x" / "f.txt"
-    atomic_write(p, "one")
-    atomic_write(p, b"two")
-    assert p.read_text() == "two" and len(list(p.parent.iterdir())) == 1
 
 
 def test_cli_refuses_unknown_task(tmp_path, capsys):

@@ -13,7 +13,8 @@ import yaml
 
 from recipes.claims import (claim_erasure, claim_layers, claim_orthogonality, claim_surgical, measure_claims,
                             render_claims, stouffer)
-from recipes.plan import StageWriter, make_plan
+from recipes.plan import make_plan
+from recipes.run_dir import StageWriter
 from recipes.run import main
 from recipes.validate import load_recipe
 

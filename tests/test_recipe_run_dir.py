@@ -12,7 +12,8 @@ import yaml
 
 from recipes import plan as plan_module
 from recipes import stages
-from recipes.plan import HASH_VERSION, RunLock, make_plan, tree_digest
+from recipes.plan import make_plan
+from recipes.run_dir import HASH_VERSION, RunLock, tree_digest
 from recipes.run import main
 from recipes.validate import load_recipe
 

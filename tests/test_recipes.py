@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipes.plan import StageWriter, content_hash, is_complete, make_plan
+from recipes.plan import make_plan
+from recipes.run_dir import StageWriter, content_hash, is_complete
 from recipes.run import main
 from recipes.schema import RecipeError
 from recipes.validate import check_layers, find_recipe, load_recipe, shipped_recipes

@@ -26,7 +26,8 @@ from evaluate.scoring import NonFiniteScores
 from interventions.config import AdditiveIntervention, InterventionConfig
 from recipes.evaluation import (ITEM_IDS, intervention_role, read_predictions, variant_interventions,
                                 write_outputs)
-from recipes.plan import StageWriter, make_plan
+from recipes.plan import make_plan
+from recipes.run_dir import StageWriter
 from recipes.pooling import pooled_rows
 from recipes.run import main
 from recipes.schema import RecipeError, recipe_from_dict
