@@ -112,21 +112,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                 parser.error(f"--rankings: no {Path(args.rankings) / lang / 'ranking'} (written by an earlier run)")
 
 
-def _check_widths(model, args, ks) -> str | None:
-    """Why the model cannot hold ``max(ks)`` experts (and their controls) in every pool, or None."""
-    from interventions.experts import unit_widths
-
-    pools = [[c] for c in args.components] if args.per_component else [args.components]
-    for pool in pools:
-        widths = unit_widths(model, pool)
-        if max(ks) > sum(widths):
-            return f"k: {max(ks)} experts asked, the model has {sum(widths)} units in {pool}"
-        if args.controls and min(widths) < 2 * max(ks):
-            return (f"--controls: a {pool} block has {min(widths)} units; matching {max(ks)} experts needs "
-                    f">= {2 * max(ks)} per block (the controls avoid every ranked expert)")
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -149,15 +134,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from evaluate import experts_report
     from evaluate.contrasts import flores_experts
-    from evaluate.experts_eval import pools, unit_sets
+    from evaluate.experts_eval import capacity_problem, pools, unit_sets
     from interventions.experts import ExpertRanking
     from interventions.models import load_model, load_tokenizer
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
-    problem = _check_widths(model, args, ks)
+    problem = capacity_problem(model, args.components, args.per_component, args.controls, max(ks))
     if problem:  # checked before finding; nothing is written yet
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {'--k' if args.command == 'find' else '--ks'}: {problem}", file=sys.stderr)
         return 2
     out = Path(args.out)
     t0 = time.time()

@@ -154,6 +154,23 @@ def pools(rankings: Mapping[str, object], separate: bool = False) -> dict[str, d
     return {c: {lang: r.restrict(c) for lang, r in rankings.items()} for c in first.components}
 
 
+def capacity_problem(model, components: Sequence[str], separate: bool, controls: Sequence[str], k_max: int
+                     ) -> str | None:
+    """Why ``model`` cannot hold ``k_max`` experts (and, with ``controls``, their matched sets) in every pool, or
+    None; checked before finding. A control needs as many non-experts in a block as the experts there, so every
+    block must hold at least ``2 * k_max`` units."""
+    from interventions.experts import unit_widths
+
+    for pool in ([[c] for c in components] if separate else [list(components)]):
+        widths = unit_widths(model, pool)
+        if k_max > sum(widths):
+            return f"{k_max} experts asked, the model has {sum(widths)} units in {'+'.join(pool)}"
+        if controls and min(widths) < 2 * k_max:
+            return (f"a {'+'.join(pool)} block has {min(widths)} units; matching {k_max} experts with a control needs "
+                    f">= {2 * k_max} per block (the controls avoid every ranked expert)")
+    return None
+
+
 def unit_sets(rankings_by_pool: Mapping[str, Mapping], ks: Sequence[int], controls: Sequence[str] = (),
               seed: int = 0) -> list[tuple[str, str, str, int]]:
     """Every (pool, language, set, k) of the sweep, set in ``experts`` then ``controls``; each set's units are

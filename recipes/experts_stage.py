@@ -54,14 +54,19 @@ def write_rows_csv(rows: list[dict], path: Path) -> None:
 def run_experts(ctx, stage, out: Path) -> dict:
     from evaluate import experts_report
     from evaluate.contrasts import flores_experts
-    from evaluate.experts_eval import pools, unit_sets
+    from evaluate.experts_eval import capacity_problem, pools, unit_sets
     from interventions.fsutil import atomic_write
+
+    from .errors import RecipeError
 
     x = stage.config
     model, tokenizer = ctx.model, ctx.tokenizer
-    ctx.seed()
     ks = sorted(set(x["ks"]))
     k_max = max([x["k"], *ks])
+    problem = capacity_problem(model, x["components"], x["separate_components"], x["controls"], k_max)
+    if problem:  # before the finding pass
+        raise RecipeError("experts.ks", problem)
+    ctx.seed()
     t0 = time.time()
     rankings = flores_experts(model, tokenizer, x["contrast"], targets=x["languages"], n=x["n"], k_max=k_max,
                               components=x["components"], bins=x["bins"],

@@ -363,3 +363,15 @@ def test_find_command_saves_experts_and_controls_and_reports(corpus, tmp_path, c
         assert sum(iv.units.numel() for iv in config.interventions) == 2
     assert ExpertRanking.load(out / "ko" / "ranking").language_variance is not None
     assert (out / "tests.json").is_file() and (out / "REPORT.md").is_file()
+
+
+def test_sweep_command_refuses_unmatchable_controls_before_finding(tmp_path, capsys, monkeypatch):
+    from evaluate import experts as experts_cli
+    from interventions import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: tiny_model("gemma3"))
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: char_tokenizer())
+    monkeypatch.setattr("evaluate.contrasts.find_experts", lambda *a, **k: pytest.fail("finding ran"))
+    out = tmp_path / "out"
+    assert experts_cli.main(["report", "--ks", "5", "40", "--controls", "random", "--out", str(out)]) == 2
+    assert "--ks: a mlp_hidden block has 64 units" in capsys.readouterr().err and not out.exists()

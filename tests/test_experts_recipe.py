@@ -182,3 +182,18 @@ def test_experts_variant_needs_a_loaded_experts_directory():
         assert err.value.field == "evaluate.variants[1]"
     with pytest.raises(RecipeError, match="steering.load"):
         validate_recipe(recipe_from_dict({"evaluate": {"variants": ["base", "base+experts"]}}))  # auto: refused too
+
+
+def test_stage_refuses_unmatchable_controls_before_finding(tmp_path, monkeypatch):
+    from recipes.stages import STAGE_FUNCTIONS, RunContext
+    from tiny_models import char_tokenizer, tiny_model
+
+    monkeypatch.setattr("evaluate.contrasts.find_experts", lambda *a, **k: pytest.fail("finding ran"))
+    recipe = recipe_from_dict({"experts": {"enabled": True, "languages": ["ko"], "k": 2, "ks": [40],
+                                           "controls": ["random"]}})
+    plan = make_plan(recipe, tmp_path / "run")
+    ctx = RunContext(recipe, plan)
+    ctx._model, ctx._tokenizer = tiny_model("gemma3"), char_tokenizer()
+    with pytest.raises(RecipeError) as err:
+        STAGE_FUNCTIONS["experts"](ctx, plan.stages["experts"], tmp_path / "out")
+    assert err.value.field == "experts.ks" and "needs >= 80 per block" in err.value.message
