@@ -154,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                                   components=args.components, bins=args.bins, batch_size=args.batch_size)
         find_s = time.time() - t0
         print(f"found experts for {targets} in {find_s:.0f} s ({args.n} sentences x {len(contrast)} languages)")
-    by_pool = pools(rankings, args.per_component)
-    unit_sets(by_pool, ks, args.controls, args.seed)  # every set drawn before anything is written
+    try:  # every set drawn before anything is written (rankings saved before controls existed cannot draw them)
+        by_pool = pools(rankings, args.per_component)
+        unit_sets(by_pool, ks, args.controls, args.seed)
+    except ValueError as err:
+        print(f"error: {'--rankings: ' if getattr(args, 'rankings', None) else ''}{err}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     for lang, ranking in rankings.items():
         ranking.save(out / lang / "ranking")

@@ -375,3 +375,17 @@ def test_sweep_command_refuses_unmatchable_controls_before_finding(tmp_path, cap
     out = tmp_path / "out"
     assert experts_cli.main(["report", "--ks", "5", "40", "--controls", "random", "--out", str(out)]) == 2
     assert "--ks: a mlp_hidden block has 64 units" in capsys.readouterr().err and not out.exists()
+
+
+def test_sweep_command_refuses_old_rankings_for_controls(tmp_path, capsys, monkeypatch):
+    from evaluate import experts as experts_cli
+    from interventions import models
+
+    r = _ranking(width=64)
+    ExpertRanking("ko", r.blocks, r.average_precision, r.order, r.medians).save(tmp_path / "old" / "ko" / "ranking")
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: tiny_model("gemma3"))
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: char_tokenizer())
+    out = tmp_path / "out"
+    assert experts_cli.main(["report", "--languages", "ko", "--ks", "5", "--controls", "variance", "--rankings",
+                             str(tmp_path / "old"), "--out", str(out)]) == 2
+    assert "--rankings: ranking of ko: no language_variance" in capsys.readouterr().err and not out.exists()
