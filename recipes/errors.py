@@ -1,4 +1,5 @@
-"""The one error a recipe raises (:class:`RecipeError`, naming the field) and how its text is made printable.
+"""The one error a recipe raises (:class:`RecipeError`, naming the field), how its text is made printable, and
+how a refused value is shown in it (:func:`describe`).
 
 Kept apart from :mod:`recipes.schema` (which re-exports both) so that modules the schema needs can raise it
 without importing the schema back.
@@ -6,7 +7,9 @@ without importing the schema back.
 
 from __future__ import annotations
 
+import reprlib
 import unicodedata
+from typing import Any
 
 
 class RecipeError(ValueError):
@@ -29,3 +32,17 @@ def printable(text: str) -> str:
         return text
     return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
                    for c in text)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def describe(value: Any) -> str:
+    """A short repr of a value of any size (bounded work: never builds the full repr of a huge value)."""
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int of more than 4300 digits
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."

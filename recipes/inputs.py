@@ -16,7 +16,8 @@ import stat
 import unicodedata
 from pathlib import Path
 
-from .schema import Recipe, RecipeError, describe, printable
+from .errors import RecipeError, describe, printable
+from .schema import Recipe
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 EMBEDDED = ("gemma-3-270m", "google/gemma-3-270m")

@@ -18,7 +18,7 @@ from .plan import Plan
 from .run_dir import StagePlan
 from .schema import Recipe, RecipeError
 from .inputs import looks_like_path
-from .validate import check_layers
+from .checks import check_layers
 
 
 def write_json(path: Path, obj: Any) -> None:

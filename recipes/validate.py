@@ -3,22 +3,23 @@
 Model-dependent checks (layers in range) use the model's depth from, in order: a small table of
 known configs (the embedded gemma-3-270m and the shipped GPU recipes' models), ``config.json`` in
 a local model directory, or ``config.json`` in the local Hugging Face cache. When none is
-available the check is deferred to load time (:func:`check_layers`, same message).
+available the check is deferred to load time (:func:`recipes.checks.check_layers`, same message).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checks import (check_contrast_data, check_layers, check_load_conflicts, check_plain_name, check_positive,
+                     check_selection, check_task_languages)
 from .crossfit_stage import uses_crossfit
+from .errors import RecipeError, describe
 from .variants import Variant
-from .schema import LANGUAGES, Recipe, RecipeError, describe, recipe_from_dict
+from .schema import LANGUAGES, Recipe, recipe_from_dict
 from .inputs import check_adapter_dir, check_intervention_dir, looks_like_path
 from .yaml_io import read_recipe_data
 
@@ -104,149 +105,10 @@ def model_shape(name: str, revision: str | None = None) -> ModelShape | None:
     return None
 
 
-def check_layers(recipe: Recipe, num_layers: int) -> None:
-    """Every layer the recipe names must lie in [0, num_layers - 1] (also called at load time)."""
-    top = num_layers - 1
-    steering = recipe.steering
-    if steering.load is None:
-        for which in ("en", "loc"):
-            vec = getattr(steering, which)
-            if vec.enabled and vec.layer != "auto" and not 0 <= vec.layer <= top:
-                raise RecipeError(f"steering.{which}.layer",
-                                  f'expected an int in [0, {top}] or "auto", got {vec.layer}')
-        for i, layer in enumerate(steering.layers or []):
-            if not 0 <= layer <= top:
-                raise RecipeError(f"steering.layers[{i}]", f"expected an int in [0, {top}], got {layer}")
-    for i, layer in enumerate(recipe.analysis.layers or []):
-        if not 0 <= layer <= top:
-            raise RecipeError(f"analysis.layers[{i}]", f"expected an int in [0, {top}], got {layer}")
-
-
-def _positive(value, field: str, *, zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not zero)):
-        raise RecipeError(field, f"expected a {'non-negative' if zero else 'positive'} number, got {value}")
-
-
-def _check_contrast_data(data: str | list[str], which: str) -> None:
-    """Named data only (the schema's types); an empty list or a repeated name is refused here."""
-    entries = [data] if isinstance(data, str) else data
-    if not entries:
-        raise RecipeError(f"steering.{which}.data", "expected at least one contrast data source")
-    if len(set(entries)) != len(entries):
-        raise RecipeError(f"steering.{which}.data", f"duplicate entries in {entries}")
-
-
-def _plain_name(name: str) -> None:
-    bad = [c for c in name if unicodedata.category(c)[0] == "C" or c in "/\\"]
-    if not name.strip() or bad or name.startswith((".", "-")) or len(name) > 128 or name != name.strip():
-        raise RecipeError("name", "expected a plain run name (a file name: no '/', '\\' or control characters, "
-                                  f"not starting with '.' or '-', at most 128 characters), got {describe(name)}")
-
-
-def _tasks(names: list[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Each task's (kind, languages), from the task itself (``evaluate.tasks``; imports no torch)."""
-    from evaluate.tasks import get_task
-
-    return {name: (task.kind, tuple(task.languages)) for name in names for task in [get_task(name)]}
-
-
-def _check_task_languages(recipe: Recipe) -> None:
-    """Every evaluated (task, language) has items, every LOC vector language has contrast twins, and an
-    ``auto`` selection has items of its own kind to select on."""
-    e, s = recipe.evaluate, recipe.steering
-    tasks = _tasks(list(dict.fromkeys(e.tasks + ["blend", "locale_probe"])))
-    served = {name: langs for name, (_, langs) in tasks.items()}
-    for task in e.tasks:
-        for i, lang in enumerate(e.languages):
-            if served[task] and lang not in served[task]:
-                raise RecipeError(f"evaluate.languages[{i}]", f"task {task} has no items in {lang!r} (it serves "
-                                  f"{', '.join(served[task])}); drop {lang} or the task")
-    used = any("+" in v for v in e.variants) or recipe.publish.enabled or recipe.analysis.enabled
-    if s.load is not None or not used:  # the steering stage is off or computes nothing
-        return
-    if s.loc.enabled:
-        data = [s.loc.data] if isinstance(s.loc.data, str) else s.loc.data
-        for i, lang in enumerate(e.languages):
-            if lang != "en" and not any(lang in served[d] for d in data):
-                raise RecipeError(f"evaluate.languages[{i}]", f"no LOC contrast data in {lang!r}: steering.loc.data "
-                                  f"{data} serves {', '.join(sorted({x for d in data for x in served[d]}))}")
-    for which, kind in (("en", "transfer"), ("loc", "localization")):
-        vec = getattr(s, which)
-        auto = [k for k in ("layer", "alpha") if getattr(vec, k) == "auto"]
-        if vec.enabled and auto and not any(tasks[t][0] == kind for t in e.tasks):
-            raise RecipeError(f"steering.{which}.{auto[0]}", f"\"auto\" selects on the items of the {kind} tasks "
-                              "(cross-validated), and evaluate.tasks has none; add one or fix the layer and alpha")
-
-
-def _check_selection(recipe: Recipe) -> None:
-    """The grid and the cross-validation settings of ``auto`` (one grid chooses both vectors)."""
-    s = recipe.steering
-    sel = s.selection
-    if not s.alphas:
-        raise RecipeError("steering.alphas", "expected a non-empty strength grid (alpha 0 is always added)")
-    for i, a in enumerate(s.alphas):
-        if a <= 0:
-            raise RecipeError(f"steering.alphas[{i}]", f"expected a positive multiple of the mean difference (alpha 0, "
-                                                      f"the unsteered model, is always a candidate), got {a}")
-    if len(set(s.alphas)) != len(s.alphas):
-        raise RecipeError("steering.alphas", f"duplicate entries in {s.alphas}")
-    if sel.folds < 2:
-        raise RecipeError("steering.selection.folds", f"expected at least 2 folds, got {sel.folds}")
-    _positive(sel.tolerance, "steering.selection.tolerance", zero=True)
-    _positive(sel.max_kl, "steering.selection.max_kl")
-    if sel.neutral_n < sel.folds:
-        raise RecipeError("steering.selection.neutral_n", f"expected at least one neutral sentence per fold "
-                                                          f"({sel.folds}), got {sel.neutral_n}")
-    if not uses_crossfit(recipe):
-        return
-    for which in ("en", "loc"):
-        vec = getattr(s, which)
-        if not vec.enabled:
-            raise RecipeError(f"steering.{which}.enabled", "cross-validated selection (auto) chooses EN and LOC "
-                                                          "together and scores Surgical: enable both, or fix every "
-                                                          "layer and alpha")
-        for key in ("layer", "alpha"):
-            if getattr(vec, key) != "auto":
-                raise RecipeError(f"steering.{which}.{key}", "auto selection chooses the layer and alpha of both "
-                                                             "vectors on one grid: set every layer and alpha to "
-                                                             "auto, or fix all four")
-    if s.loc.n is not None:
-        raise RecipeError("steering.loc.n", "with auto selection the LOC contrast of each fold is the explicit twins "
-                                            "of the training folds' items: remove n (evaluate.n_localization sets "
-                                            "how many localization items there are)")
-    loc_tasks = sorted(t for t in recipe.evaluate.tasks if t in ("blend", "locale_probe"))
-    data = sorted([s.loc.data] if isinstance(s.loc.data, str) else s.loc.data)
-    if data != loc_tasks:
-        raise RecipeError("steering.loc.data", f"with auto selection the LOC contrast is the explicit twins of the "
-                                               f"scored localization items: expected {loc_tasks} (the localization "
-                                               f"tasks of evaluate.tasks), got {data}")
-    if s.method != "mean_difference":
-        raise RecipeError("steering.method", "auto selection estimates mean-difference vectors per fold: expected "
-                                             f"mean_difference, got {s.method!r}")
-    if s.compute_on != "base":
-        raise RecipeError("steering.compute_on", "with auto selection every evaluated model (base, cla) gets its "
-                                                 "own vectors: leave compute_on at base")
-
-
-def _check_load_conflicts(recipe: Recipe) -> None:
-    """With ``steering.load`` every other steering field is ignored: refuse any that differs from its default."""
-    # the defaults of a recipe evaluating the same tasks (steering.loc.data defaults to their localization tasks)
-    default = dataclasses.asdict(recipe_from_dict({"evaluate": {"tasks": list(recipe.evaluate.tasks)}}).steering)
-    given = dataclasses.asdict(recipe.steering)
-    for key, value in given.items():
-        pairs = value.items() if isinstance(value, dict) else [(None, value)]
-        for sub, v in pairs:
-            d = default[key][sub] if sub is not None else default[key]
-            if key != "load" and v != d:
-                where = f"steering.{key}" + (f".{sub}" if sub else "")
-                raise RecipeError(where, "ignored when steering.load is set (the loaded directory fixes "
-                                         "layers, alphas and components): remove it or steering.load")
-
-
 def validate_recipe(recipe: Recipe) -> Recipe:
     """Cross-field rules, files and Hub ids, and layer ranges where the model's depth is known."""
     m, a, s, e, p = recipe.model, recipe.alignment, recipe.steering, recipe.evaluate, recipe.publish
-    _plain_name(recipe.name)
+    check_plain_name(recipe.name)
     if not 0 <= recipe.seed <= SEED_MAX:
         raise RecipeError("seed", f"expected an int in [0, 2**32 - 1], got {describe(recipe.seed)}")
     if m.name not in KNOWN_MODELS:
@@ -264,8 +126,8 @@ def validate_recipe(recipe: Recipe) -> Recipe:
         if check_hub_id_or_path(a.adapter, "alignment.adapter", must_contain="adapter_config.json") == "path":
             check_adapter_dir(a.adapter)
     for name in ("max_steps", "batch_size", "lora_r", "lora_alpha", "n"):
-        _positive(getattr(a, name), f"alignment.{name}")
-    _positive(a.learning_rate, "alignment.learning_rate")
+        check_positive(getattr(a, name), f"alignment.{name}")
+    check_positive(a.learning_rate, "alignment.learning_rate")
     if a.method == "midalign" and a.batch_size is not None and a.batch_size < 2:
         raise RecipeError("alignment.batch_size", "midalign's InfoNCE needs in-batch negatives: expected >= 2, "
                                                   f"got {a.batch_size}")
@@ -282,7 +144,7 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     shape = model_shape(m.name, m.revision)
     non_english = [x for x in e.languages if x != "en"]
     if s.load is not None:
-        _check_load_conflicts(recipe)
+        check_load_conflicts(recipe)
         if check_hub_id_or_path(s.load, "steering.load", must_contain="intervention_config.json") == "path":
             check_intervention_dir(s.load, shape, m.name)
     else:
@@ -290,14 +152,14 @@ def validate_recipe(recipe: Recipe) -> Recipe:
             vec = getattr(s, which)
             if not vec.enabled:
                 continue
-            _positive(vec.n, f"steering.{which}.n")
+            check_positive(vec.n, f"steering.{which}.n")
             if s.method == "pca" and vec.n is not None and vec.n < 2:
                 raise RecipeError(f"steering.{which}.n", f"steering.method pca needs at least 2 contrast prompts, "
                                                          f"got {vec.n}")
             if vec.alpha != "auto" and vec.alpha == 0:
                 raise RecipeError(f"steering.{which}.alpha", "alpha 0 is the unsteered model: expected a non-zero "
                                                              "number or \"auto\" (or set enabled: false)")
-            _check_contrast_data(vec.data, which)
+            check_contrast_data(vec.data, which)
             if vec.layer == "auto" and s.layers is not None and not s.layers:
                 raise RecipeError("steering.layers", f"steering.{which}.layer is \"auto\": expected a non-empty grid")
         if s.compute_on == "cla" and not has_cla:
@@ -327,8 +189,8 @@ def validate_recipe(recipe: Recipe) -> Recipe:
                                              "an experts stage's intervention directory")
             elif not has[role]:
                 raise RecipeError(where, f"{name!r} needs the {role.upper()} vector: steering.{role}.enabled is false")
-    _positive(e.n, "evaluate.n")
-    _positive(e.batch_size, "evaluate.batch_size")
+    check_positive(e.n, "evaluate.n")
+    check_positive(e.batch_size, "evaluate.batch_size")
     for which in ("en", "loc") if s.load is None and not non_english else ():
         if getattr(s, which).enabled:
             raise RecipeError("evaluate.languages", f"the {which.upper()} vector needs at least one language "
@@ -336,11 +198,11 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     if e.bootstrap < 1:
         raise RecipeError("evaluate.bootstrap", f"expected at least 1 resample (confidence intervals), "
                                                 f"got {e.bootstrap}")
-    _check_task_languages(recipe)
+    check_task_languages(recipe)
     if crossfit and e.split != "test":
         raise RecipeError("evaluate.split", f"{e.split!r}: with auto selection every item of every split goes "
                                             "through the folds (out of fold); leave evaluate.split at test")
-    _positive(e.n_localization, "evaluate.n_localization")
+    check_positive(e.n_localization, "evaluate.n_localization")
 
     # analysis
     an = recipe.analysis
@@ -376,7 +238,7 @@ def validate_recipe(recipe: Recipe) -> Recipe:
     if shape is not None:
         check_layers(recipe, shape.num_layers)
     if s.load is None:
-        _check_selection(recipe)
+        check_selection(recipe)
     return recipe
 
 
@@ -411,5 +273,5 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError("recipe", "nesting too deep", str(path)) from None
 
 
-__all__ = ["LANGUAGES", "KNOWN_MODELS", "ModelShape", "check_layers", "find_recipe", "load_recipe",
-           "model_shape", "shipped_recipes", "validate_recipe"]
+__all__ = ["LANGUAGES", "KNOWN_MODELS", "ModelShape", "find_recipe", "load_recipe", "model_shape", "shipped_recipes",
+           "validate_recipe"]

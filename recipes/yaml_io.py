@@ -20,7 +20,8 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from .schema import Recipe, RecipeError, describe, printable
+from .errors import RecipeError, describe, printable
+from .schema import Recipe
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 MAX_BYTES = 1 << 20

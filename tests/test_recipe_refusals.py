@@ -12,7 +12,7 @@ import yaml
 
 from recipes import stages
 from recipes.run import main
-from recipes.schema import describe
+from recipes.errors import describe
 from recipes.validate import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

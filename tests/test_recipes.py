@@ -15,7 +15,8 @@ from recipes.plan import make_plan
 from recipes.run_dir import StageWriter, content_hash, is_complete
 from recipes.run import main
 from recipes.schema import RecipeError
-from recipes.validate import check_layers, find_recipe, load_recipe, shipped_recipes
+from recipes.checks import check_layers
+from recipes.validate import find_recipe, load_recipe, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 SURGICAL = ROOT / "recipes" / "configs" / "surgical.yaml"
