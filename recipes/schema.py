@@ -4,8 +4,8 @@
 overrides, converts every section into its dataclass with strict type checks (:mod:`recipes.convert`), and
 validates the whole recipe (:mod:`recipes.validate` and :mod:`recipes.checks`: cross-field rules, task x
 language support, Hub ids, layers against the model's known depth) without loading a model. Anything wrong
-raises one :class:`RecipeError` naming the field. The schema offers only what the stages honour: vectors are computed at ``block_output`` from the
-named contrast data (no contrast files).
+raises one :class:`RecipeError` naming the field. The schema offers only what the stages honour: vectors
+are computed at ``block_output`` from the named contrast data (no contrast files).
 """
 
 from __future__ import annotations
