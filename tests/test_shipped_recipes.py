@@ -117,7 +117,8 @@ def tiny_overrides(path: Path, model_dir: Path) -> list[str]:
             sets.append("analysis.layers=[1, 3]")
     experts = data.get("experts") or {}
     if experts.get("enabled"):
-        sets += ["experts.n=8", "experts.bins=16"]
+        # k=50 cannot be matched by layer-matched controls in the tiny model's 32-unit layers
+        sets += ["experts.n=8", "experts.bins=16", "experts.k=2", "experts.ks=[2, 3]", "experts.side_effects=false"]
         if experts.get("retrieval_n"):
             sets.append("experts.retrieval_n=8")
     publish = data.get("publish") or {}
@@ -226,7 +227,8 @@ def test_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_model_dirs, h
     if recipe.experts.enabled:
         experts_dir = plan.stages["experts"].directory
         for language in plan.stages["experts"].config["languages"]:
-            directory = experts_dir / language / f"experts_k{recipe.experts.k}"
+            pool = recipe.experts.components[0] if recipe.experts.separate_components else ""
+            directory = experts_dir / language / pool / f"experts_k{recipe.experts.k}"
             assert (directory / "intervention_config.json").is_file(), f"{path.name}: no experts for {language}"
 
     if recipe.publish.enabled:
