@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -291,25 +291,6 @@ def select(rows: Sequence[dict], rule: str, tolerance: float = 0.0, max_kl: floa
     if not chosen["steered"] and rows:
         chosen["vector"] = rows[0].get("vector")
     return chosen
-
-
-def surgical_config(model, en: SteeringVectors, en_row: dict, loc: SteeringVectors, loc_row: dict,
-                    provenance: dict | None = None, positions: str | None = None):
-    """Both selected interventions at once, with the selection recorded in each ``source``.
-
-    A row chosen as unsteered (``steered`` False, alpha 0) adds no intervention.
-    """
-    inters = []
-    for vec, row, rule in ((en, en_row, "en"), (loc, loc_row, "loc")):
-        if row.get("steered") is False or row.get("layer") is None:
-            continue
-        inter = vec.intervention(row["layer"], coefficient=row["coefficient"], positions=positions)
-        inter.source.update({"selection_rule": rule, "selected_on": "extract",
-                             "selection_scores": {k: v for k, v in row.items() if k.endswith(("_gain", "_score",
-                                                                                               "_margin")) or k == "kl"},
-                             **(provenance or {})})
-        inters.append(inter)
-    return InterventionConfig.for_model(model, inters)
 
 
 def save_sweep(rows: Sequence[dict], path: str | Path) -> Path:

@@ -189,26 +189,6 @@ def test_select_on_sweep_rows():
         S.select(rows, "en", measure="accuracy")
 
 
-def test_surgical_config_saves_provenance(tmp_path):
-    model = tiny_model("llama")
-    en, loc = _vectors(0, positions="prompt"), _vectors(1, positions="last")
-    loc.name = "loc_ko"
-    cfg = S.surgical_config(model, en, {"layer": 1, "alpha": 2.0, "coefficient": 2.0, "transfer_gain": 0.1},
-                            loc, {"layer": 3, "alpha": 4.0, "coefficient": 4.0, "localization_gain": 0.2},
-                            provenance={"data": "extract", "languages": ["ko"]})
-    cfg.save_pretrained(tmp_path / "surgical")
-    back = InterventionConfig.from_pretrained(tmp_path / "surgical")
-    by_name = {i.name: i for i in back.interventions}
-    assert by_name["en_transfer_ko"].layer == 1 and by_name["loc_ko"].coefficient == 4.0
-    assert by_name["en_transfer_ko"].positions == "prompt" and by_name["loc_ko"].positions == "last"
-    assert by_name["loc_ko"].source["selection_rule"] == "loc" and by_name["loc_ko"].source["alpha"] == 4.0
-    assert by_name["en_transfer_ko"].source["languages"] == ["ko"]
-    torch.testing.assert_close(by_name["loc_ko"].vector, loc.vector(3))
-    unsteered = S.select([], "en")
-    only_loc = S.surgical_config(model, en, unsteered, loc, {"layer": 3, "coefficient": 4.0})
-    assert [i.name for i in only_loc.interventions] == ["loc_ko"]
-
-
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_prefix_cache_replay_equals_full_forward(arch):
     """One recorded pass replays any grid layer (KV-cache updates included) like the steered full forward."""
