@@ -18,6 +18,7 @@ not generated; its rows say why.
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,14 +101,22 @@ def mark(continuation: str, answers: dict[str, str]) -> str:
     text = continuation.casefold()
     if "gold" in answers:
         gold = answers["gold"].strip().casefold()
-        return "gold" if gold and gold in text else "neither"
+        return "gold" if gold and _pattern(gold).search(text) else "neither"
     hits = set()
     for key in sorted(("local", "us"), key=lambda k: -len(answers[k].strip())):  # the longer answer first
         a = answers[key].strip().casefold()
-        if a and a in text:
+        if a and _pattern(a).search(text):
             hits.add(key)
-            text = text.replace(a, "\x00")
+            text = _pattern(a).sub("\x00", text)
     return "both" if len(hits) == 2 else next(iter(hits), "neither")
+
+
+def _pattern(answer: str) -> "re.Pattern":
+    """``answer`` as a substring, except that a digit may not continue a number: "4 July" is not in
+    "14 July", "911" is not in "9110" (scripts without spaces keep plain substring matching)."""
+    head = r"(?<!\d)" if answer[:1].isdigit() else ""
+    tail = r"(?!\d)" if answer[-1:].isdigit() else ""
+    return re.compile(head + re.escape(answer) + tail)
 
 
 def _generate(variant, tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:

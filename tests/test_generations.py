@@ -79,6 +79,13 @@ def test_marks_on_constructed_continuations(text, expected):
     assert mark(text, {"local": "tea", "us": "coffee"}) == expected
 
 
+@pytest.mark.parametrize("text, expected", [("14 July", "neither"), ("on 4 July.", "us"), ("5 July or 4 July", "both")])
+def test_a_number_is_not_found_inside_a_longer_number(text, expected):
+    assert mark(text, {"local": "5 July", "us": "4 July"}) == expected
+    assert mark("call 9110", {"local": "112", "us": "911"}) == "neither"
+    assert mark("서울은 크다", {"local": "서울", "us": "워싱턴"}) == "local"  # no spaces needed in Korean
+
+
 def test_a_shorter_answer_inside_the_longer_counts_only_outside_it():
     answers = {"local": "football", "us": "American football"}
     assert mark("they love American football", answers) == "us"
