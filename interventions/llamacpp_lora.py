@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .gguf_io import EMBEDDED_GGUF_ARCH, gguf_architecture, write_gguf
-from .models import EMBEDDED_HUB_ID, EMBEDDED_MODELS
+from .models import EMBEDDED_HUB_ID, EMBEDDED_MODELS, cache_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -64,7 +64,9 @@ class LoraExport:
 
 
 def _architecture(cfg: dict, src: str, base_model: str | None, model_type: str | None, arch: str | None) -> str:
-    def canonical(name):  # the embedded model answers to two names
+    def canonical(name):  # the embedded model answers to two names and to its converted cache directory
+        if name and Path(name).name in EMBEDDED_MODELS and Path(name).parent == cache_dir():
+            return EMBEDDED_HUB_ID
         return EMBEDDED_HUB_ID if name in EMBEDDED_MODELS else name
 
     adapter_base, base_model = canonical(cfg.get("base_model_name_or_path") or None), canonical(base_model)
