@@ -1,7 +1,7 @@
 """``python -m recipes.run RECIPE`` -- run a recipe (a file path or a shipped name such as ``surgical``).
 
     python -m recipes.run surgical --dry-run
-    python -m recipes.run surgical --set steering.loc.layer=14 --set evaluate.n=20
+    python -m recipes.run surgical --set "steering.alphas=[0.5, 1]" --set evaluate.n=20
     python -m recipes.run my.yaml --out runs/mine --force evaluate
     accelerate launch -m recipes.run surgical      # evaluation split across processes
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="recipe file, or the name of a shipped recipe (e.g. surgical)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field, e.g. --set steering.loc.layer=14 (value parsed as YAML)")
+                        help="override a recipe field, e.g. --set evaluate.n=20 (value parsed as YAML)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate everything and print the plan without loading a model")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")

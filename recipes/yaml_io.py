@@ -122,7 +122,7 @@ def apply_override(data: dict, assignment: str) -> dict:
 
     A mapping given for a section (``evaluate={n: 5}``) is merged into it, not put in its place."""
     if "=" not in assignment:
-        raise RecipeError("--set", f"expected KEY=VALUE (e.g. steering.loc.layer=14), got {describe(assignment)}")
+        raise RecipeError("--set", f"expected KEY=VALUE (e.g. evaluate.n=20), got {describe(assignment)}")
     key, _, raw = assignment.partition("=")
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
