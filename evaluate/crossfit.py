@@ -134,6 +134,23 @@ def estimate_vectors(model, tokenizer, data: LanguageData, settings: CrossfitSet
     return en, loc, en_diff, loc_diff
 
 
+def _items_and_folds(data: LanguageData, settings: CrossfitSettings):
+    """(items, axis of each, {group: fold}): the items every variant of one language is scored on."""
+    items = [*data.transfer_items, *data.localization_items]
+    axes = ["transfer"] * len(data.transfer_items) + ["localization"] * len(data.localization_items)
+    return items, axes, group_folds([it.group or it.id for it in items], settings.k, settings.seed, strata=axes)
+
+
+def _outcome(language: str, item, axis: str, fold: int, variant: str, margin: float, correct: float) -> dict:
+    return {"language": language, "item_id": item.id, "group": item.group or item.id, "axis": axis, "fold": fold,
+            "variant": variant, "margin": float(margin), "correct": float(correct)}
+
+
+def _scored(item, score, axis: str) -> tuple[float, bool]:
+    """(margin, correct) of one scored item on its axis."""
+    return item_margin(item, score, axis), score.choice == (item.gold if axis == "transfer" else item.local)
+
+
 def _fold_items(items: Sequence, folds: dict[str, int], f: int) -> list:
     return [it for it in items if folds[it.group or it.id] == f]
 
@@ -166,14 +183,12 @@ def crossfit_language(model, tokenizer, data: LanguageData, settings: CrossfitSe
     """The whole protocol for one language (see the module docstring)."""
     s = settings
     lang = data.language
-    items = [*data.transfer_items, *data.localization_items]
     if not data.localization_items or not data.transfer_items:
         raise ValueError(f"{lang}: expected both transfer and localization items, got {len(data.transfer_items)} "
                          f"and {len(data.localization_items)}")
     if len(data.neutral_texts) < s.k:
         raise ValueError(f"{lang}: expected at least k={s.k} neutral texts for the KL, got {len(data.neutral_texts)}")
-    axes = ["transfer"] * len(data.transfer_items) + ["localization"] * len(data.localization_items)
-    folds = group_folds([it.group or it.id for it in items], s.k, s.seed, strata=axes)
+    items, axes, folds = _items_and_folds(data, s)
     missing = sorted({g for _, _, g in data.loc_pairs if g not in folds})
     if missing:
         raise ValueError(f"{lang}: LOC twin group(s) {missing[:3]} have no localization item to fold with")
@@ -204,13 +219,11 @@ def crossfit_language(model, tokenizer, data: LanguageData, settings: CrossfitSe
           "loc": cross_validate(loc_grid, "loc", folds=folds, tolerance=s.tolerance, max_kl=s.max_kl, seed=s.seed)}
 
     outcomes: list[dict] = []
-    meta = {it.id: (it.group or it.id, axis) for it, axis in zip(items, axes)}
+    by_id = {it.id: (it, axis) for it, axis in zip(items, axes)}
 
     def add(variant: str, item_id: str, margin: float, correct: float):
-        group, axis = meta[item_id]
-        outcomes.append({"language": lang, "item_id": item_id, "group": group, "axis": axis,
-                         "fold": folds[group], "variant": variant, "margin": float(margin),
-                         "correct": float(correct)})
+        item, axis = by_id[item_id]
+        outcomes.append(_outcome(lang, item, axis, folds[item.group or item.id], variant, margin, correct))
 
     for which in ("en", "loc"):
         for r in cv[which].out_of_fold:
@@ -233,10 +246,7 @@ def crossfit_language(model, tokenizer, data: LanguageData, settings: CrossfitSe
             else:
                 scores = _score(model, tokenizer, fold_items, config, s, f"{lang} {variant} fold {f}")
             for it in fold_items:
-                axis = meta[it.id][1]
-                sc = scores[it.id]
-                correct = sc.choice == (it.gold if axis == "transfer" else it.local)
-                add(variant, it.id, item_margin(it, sc, axis), correct)
+                add(variant, it.id, *_scored(it, scores[it.id], by_id[it.id][1]))
 
     grid_rows = [dict(r, language=lang, vector="en") for r in en_rows]
     grid_rows += [dict(r, language=lang, vector="loc") for r in loc_rows]
@@ -249,18 +259,10 @@ def crossfit_language(model, tokenizer, data: LanguageData, settings: CrossfitSe
 def unsteered_outcomes(model, tokenizer, data: LanguageData, settings: CrossfitSettings) -> list[dict]:
     """The ``base`` rows of :func:`crossfit_language` alone (same items and folds), for a model evaluated
     without steering (e.g. ``base`` next to ``cla+...`` variants): one scoring pass, no grid."""
-    items = [*data.transfer_items, *data.localization_items]
-    axes = ["transfer"] * len(data.transfer_items) + ["localization"] * len(data.localization_items)
-    folds = group_folds([it.group or it.id for it in items], settings.k, settings.seed, strata=axes)
+    items, axes, folds = _items_and_folds(data, settings)
     scores = _score(model, tokenizer, items, None, settings, f"{data.language} unsteered")
-    out = []
-    for it, axis in zip(items, axes):
-        sc = scores[it.id]
-        correct = sc.choice == (it.gold if axis == "transfer" else it.local)
-        out.append({"language": data.language, "item_id": it.id, "group": it.group or it.id, "axis": axis,
-                    "fold": folds[it.group or it.id], "variant": "base",
-                    "margin": float(item_margin(it, sc, axis)), "correct": float(correct)})
-    return out
+    return [_outcome(data.language, it, axis, folds[it.group or it.id], "base", *_scored(it, scores[it.id], axis))
+            for it, axis in zip(items, axes)]
 
 
 def modal_choice(selections: Sequence[dict]) -> dict:

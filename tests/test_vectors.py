@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import string
 
 import pytest
 import torch
 
 from evaluate import contrasts as C
 from interventions import vectors as V
-from tiny_models import tiny_lora, tiny_model
+from tiny_models import char_tokenizer, tiny_lora, tiny_model
 
 ARCHS = ["gemma3", "llama", "qwen2", "gpt2", "gpt_neox"]
-
-
-def char_tokenizer():
-    """A left-padding character tokenizer over ids < 128 that prepends <bos> (like gemma's)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "<bos>": 1, "<eos>": 2, "[UNK]": 3}
-    for ch in string.ascii_letters + string.digits + " .,!?'-":
-        vocab[ch] = len(vocab)
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="[PAD]",
-                                  unk_token="[UNK]")
-    tok.padding_side = "left"
-    return tok
 
 
 TEXTS = ["Hello there.", "A much longer sentence with many characters in it!", "Hi", "Steering 42",
