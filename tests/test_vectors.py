@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from evaluate import contrasts as C
 from interventions import vectors as V
@@ -63,11 +66,63 @@ def test_running_sums_equal_stacked_computation(reduce):
     torch.testing.assert_close(stats.residual_norms[:3], ref, atol=1e-4, rtol=1e-5)
 
 
-def test_memory_is_independent_of_n():
+class LiveTensorBytes(TorchDispatchMode):
+    """Every tensor any torch op creates while the mode is on is tracked by a weak reference; :meth:`sample`
+    records the bytes of the storages still alive. A forward pre-hook on decoder layer 0 samples at the start of
+    every batch, so ``peak`` includes whatever a collector holds from earlier batches (bytes, not time: robust
+    on a loaded machine)."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs: list[weakref.ref] = []
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.refs += [weakref.ref(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
+
+    def sample(self, *_):
+        alive = [t for t in (r() for r in self.refs) if t is not None]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in alive}
+        self.peak = max(self.peak, sum(storages.values()))
+
+
+def peak_live_bytes(model, collect) -> int:
+    """Peak bytes of the tensors created by ``collect()`` that are alive at a batch start or after it returns
+    (while its result is still referenced)."""
+    meter = LiveTensorBytes()
+    handle = V.decoder_layers(model)[0].register_forward_pre_hook(meter.sample)
+    try:
+        with meter:
+            result = collect()
+            meter.sample()
+    finally:
+        handle.remove()
+    del result
+    return meter.peak
+
+
+def test_running_sums_hold_memory_independent_of_n():
+    """collect_activations / collect_paired keep running sums: their peak live tensor bytes for 8n texts equal
+    those for n (identical batches), while sentence_representations, which keeps every example, grows by at least
+    the 7n examples' bytes: the meter sees retention, so a collector that kept every example would fail here."""
     model, tok = tiny_model("qwen2"), char_tokenizer()
-    small = V.collect_activations(model, tok, TEXTS[:2], progress=False)
-    big = V.collect_activations(model, tok, TEXTS * 5, progress=False, batch_size=3)
-    assert small.sum.shape == big.sum.shape == (4, 32) and big.count == 30
+    batch, n = 4, 8
+    texts = lambda k: TEXTS[:batch] * (k // batch)  # every batch the same four texts: the same transient memory
+    per_example = 4 * 32 * 4  # [layers, hidden] float32: what keeping one example costs
+    linear = 7 * n * per_example
+
+    def growth(collect):
+        small, big = peak_live_bytes(model, lambda: collect(texts(n))), peak_live_bytes(model, lambda: collect(texts(8 * n)))
+        return big - small
+
+    kept = growth(lambda t: V.sentence_representations(model, tok, t, pooling="last", batch_size=batch,
+                                                        progress=False))
+    assert kept >= linear, kept  # the control: per-example retention is measured
+    single = growth(lambda t: V.collect_activations(model, tok, t, batch_size=batch, progress=False))
+    paired = growth(lambda t: V.collect_paired(model, tok, t, t[::-1], batch_size=batch, progress=False))
+    assert single < linear / 20 and paired < linear / 20, (single, paired, linear)
 
 
 def test_hooks_removed_and_model_unchanged():
@@ -207,16 +262,17 @@ def test_alpha_scale():
 
 
 def test_builders_apply_en_to_the_prompt_and_loc_at_the_last_token():
-    import inspect
-
-    assert inspect.signature(C.en_transfer_vectors).parameters["positions"].default == "prompt"
-    assert inspect.signature(C.loc_vectors).parameters["positions"].default == "last"
-    assert inspect.signature(C.loc_vectors).parameters["reduce"].default == "last"
     model, tok = tiny_model("llama"), char_tokenizer()
     en = C.en_transfer_vectors(model, tok, "es", n=4, batch_size=4, progress=False)
     assert en.positions == "prompt" and en.intervention(1, alpha=1.0).positions == "prompt"
     assert en.intervention(1, alpha=1.0, positions="all").positions == "all"  # "all" stays available
     assert en.source["n_prompts"] == 4 and en.source["alpha_scale"] == [1.0] * 4
+    assert en.source["reduce"] == "mean"  # the collection pooled over the sentence (contrast_vectors records it)
+    loc = C.loc_vectors(model, tok, "es", n=4, batch_size=4, progress=False)
+    assert loc.positions == "last" and loc.intervention(1, alpha=1.0).positions == "last"
+    assert loc.source["reduce"] == "last"  # estimated where it is applied
+    pooled = C.loc_vectors(model, tok, "es", n=4, batch_size=4, progress=False, reduce="mean")
+    assert not torch.allclose(loc.vectors, pooled.vectors)  # and the estimate differs from a pooled one
 
 
 @pytest.mark.gemma
