@@ -10,7 +10,11 @@ One scorer serves every task. For each batch of items it
    tokens in one right-padded batch on top of it, again applying the LM head only to the real candidate
    positions (in chunks, so at most ``logit_chunk`` rows of gemma-3's 262k-vocabulary logits exist at once).
 
-So a shared prompt is encoded once, and full-vocabulary logits exist only where a token is scored. The
+So a shared prompt is encoded once, and full-vocabulary logits exist only where a token is scored. That
+token-level core is :func:`score_token_groups` (groups of ``(context ids, [continuation ids, ...])`` ->
+``(summed log-prob, is greedy)`` per continuation); :func:`score_items` (items, encoded by
+:func:`encode_item`) and :func:`evaluate.requests.loglikelihood` (lm-evaluation-harness style
+``(context, continuation)`` requests, encoded exactly as lm-eval's ``HFLM`` does) both run on it. The
 steering hooks of ``interventions.steer`` live on decoder-layer modules, which the inner decoder calls, and
 a PEFT model is seen through to its base model, whose LoRA layers stay active. Under ``steer`` the
 candidate pass extends a KV cache, so position modes see it as *generated* tokens: ``positions="all"``
@@ -182,9 +186,13 @@ def _device(model) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------------ engine
+Group = tuple[list[int], list[list[int]]]  # (context token ids, [continuation token ids, ...])
+
+
 @torch.inference_mode()
-def _score_batch(inner, head, post, pad_id: int, device, batch: list[tuple[list[int], list[list[int]]]],
-                 logit_chunk: int) -> list[list[float]]:
+def _score_batch(inner, head, post, pad_id: int, device, batch: list[Group],
+                 logit_chunk: int) -> list[list[tuple[float, bool]]]:
+    """(summed log-prob, every token is the argmax) of each continuation of each group in ``batch``."""
     B = len(batch)
     lens = torch.tensor([len(p) for p, _ in batch])
     P = int(lens.max())
@@ -198,9 +206,11 @@ def _score_batch(inner, head, post, pad_id: int, device, batch: list[tuple[list[
     input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
     out = inner(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=need_cache)
     last = post(head(out.last_hidden_state[:, -1, :])).float().log_softmax(-1)  # [B, V]
+    top = last.argmax(-1).tolist()
     scores = [[float(last[b, c[0]]) for c in cands] for b, (_, cands) in enumerate(batch)]
+    greedy = [[top[b] == c[0] for c in cands] for b, (_, cands) in enumerate(batch)]
     if not need_cache:
-        return scores
+        return [list(zip(s, g)) for s, g in zip(scores, greedy)]
 
     rows = [(b, j, c) for b, (_, cands) in enumerate(batch) for j, c in enumerate(cands) if len(c) > 1]
     L = max(len(c) - 1 for _, _, c in rows)
@@ -225,13 +235,65 @@ def _score_batch(inner, head, post, pad_id: int, device, batch: list[tuple[list[
     tgt = targets[where].to(device)
     row_of = torch.arange(R)[:, None].expand(R, L)[where].to(device)
     sums = torch.zeros(R, dtype=torch.float64, device=device)
+    misses = torch.zeros(R, dtype=torch.long, device=device)  # scored tokens that are not the argmax
     for s in range(0, h.shape[0], logit_chunk):
         lp = post(head(h[s:s + logit_chunk])).float().log_softmax(-1)
-        tok = lp.gather(-1, tgt[s:s + logit_chunk, None])[:, 0]
-        sums.index_add_(0, row_of[s:s + logit_chunk], tok.double())
+        t = tgt[s:s + logit_chunk]
+        sums.index_add_(0, row_of[s:s + logit_chunk], lp.gather(-1, t[:, None])[:, 0].double())
+        misses.index_add_(0, row_of[s:s + logit_chunk], (lp.argmax(-1) != t).long())
     for r, (b, j, _) in enumerate(rows):
         scores[b][j] += float(sums[r])
-    return scores
+        greedy[b][j] = greedy[b][j] and int(misses[r]) == 0
+    return [list(zip(s, g)) for s, g in zip(scores, greedy)]
+
+
+def _pack(order: list[int], sizes: Sequence[int], batch_size: int, by: str) -> list[list[int]]:
+    """Consecutive batches of ``order``: ``batch_size`` groups each (``by="contexts"``), or as many groups as fit
+    in ``batch_size`` continuations (``by="continuations"``; a larger group forms a batch alone)."""
+    if by == "contexts":
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    used = batch_size
+    for i in order:
+        if used + sizes[i] > batch_size:
+            batches.append([])
+            used = 0
+        batches[-1].append(i)
+        used += sizes[i]
+    return batches
+
+
+def score_token_groups(model, tokenizer, groups: Sequence[Group], batch_size: int = 16, progress: bool = True,
+                       logit_chunk: int = 64, batch_by: str = "contexts", desc: str = "scoring"
+                       ) -> list[list[tuple[float, bool]]]:
+    """The engine: for every group ``(context ids, [continuation ids, ...])``, per continuation the summed
+    ``log P(continuation | context)`` and whether each of its tokens is the argmax (the greedy continuation).
+
+    Each context is encoded once, its KV cache shared by its continuations. A batch holds ``batch_size``
+    contexts (``batch_by="contexts"``) or at most ``batch_size`` continuations (``"continuations"``); groups run
+    longest context first (similar lengths batch together, the largest batch runs first). Results are in input
+    order; non-finite values are returned as they are.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if batch_by not in ("contexts", "continuations"):
+        raise ValueError(f"batch_by: expected 'contexts' or 'continuations', got {batch_by!r}")
+    for k, (ctx, conts) in enumerate(groups):
+        if not ctx or not conts or not all(conts):
+            raise ValueError(f"groups[{k}]: expected a non-empty context and non-empty continuations")
+    if not groups:
+        return []
+    inner, head, post = split_model(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = _device(model)
+    order = sorted(range(len(groups)), key=lambda i: (-len(groups[i][0]), i))
+    batches = _pack(order, [len(c) for _, c in groups], batch_size, batch_by)
+    results: list = [None] * len(groups)
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        for i, res in zip(idx, _score_batch(inner, head, post, pad_id, device, [groups[i] for i in idx],
+                                            logit_chunk)):
+            results[i] = res
+    return results
 
 
 def score_items(model, tokenizer, items: Sequence, batch_size: int = 16, progress: bool = True,
@@ -243,7 +305,8 @@ def score_items(model, tokenizer, items: Sequence, batch_size: int = 16, progres
     ``meta["normalization"]`` (or ``meta["length_normalized"]``) decides, else ``"sum"``. Letter items
     always choose the candidate whose (first) token has the highest next-token log-prob after the prompt.
     A NaN or infinite log-probability raises :class:`NonFiniteScores` (``context``, e.g. the variant, is named
-    in its message); no score is returned for a model whose forward pass overflowed.
+    in its message); no score is returned for a model whose forward pass overflowed. ``batch_size`` counts
+    items (prompts) per batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -252,19 +315,11 @@ def score_items(model, tokenizer, items: Sequence, batch_size: int = 16, progres
     items = list(items)
     if not items:
         return []
-    inner, head, post = split_model(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = _device(model)
     encoded = [encode_item(tokenizer, it) for it in items]
-    # longest prompts first: batches hold similar lengths (little padding) and the largest one runs first
-    order = sorted(range(len(items)), key=lambda i: (-len(encoded[i][0]), i))
-    results: list[ItemScore | None] = [None] * len(items)
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
-        batch_scores = _score_batch(inner, head, post, pad_id, device, [encoded[i] for i in idx], logit_chunk)
-        for i, lp in zip(idx, batch_scores):
-            results[i] = _make_score(items[i], lp, [len(c) for c in encoded[i][1]], normalization, context)
-    return results  # type: ignore[return-value]
+    scored = score_token_groups(model, tokenizer, encoded, batch_size=batch_size, progress=progress,
+                                logit_chunk=logit_chunk)
+    return [_make_score(it, [lp for lp, _ in res], [len(c) for c in enc[1]], normalization, context)
+            for it, enc, res in zip(items, encoded, scored)]
 
 
 @torch.inference_mode()
