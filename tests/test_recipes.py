@@ -115,11 +115,6 @@ CATALOGUE = [
 ]
 
 
-def test_catalogue_is_large_enough():
-    assert len(CATALOGUE) >= 25
-    assert len({c[0] for c in CATALOGUE}) == len(CATALOGUE)
-
-
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c[0] for c in CATALOGUE])
 def test_bad_input_exit_2_names_field_writes_nothing(case, tmp_path, capsys, monkeypatch):
     _, recipe, extra, expected = case
@@ -449,7 +444,7 @@ def test_deferred_layer_check_at_load_time(tmp_path, monkeypatch, capsys):
     """A model whose depth is unknown offline passes validation; the model stage refuses the layer."""
     from tiny_models import tiny_model
 
-    from recipes import stages, validate
+    from recipes import validate
 
     model_dir = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(model_dir)
@@ -463,8 +458,7 @@ def test_deferred_layer_check_at_load_time(tmp_path, monkeypatch, capsys):
     assert main([str(recipe), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert 'steering.en.layer: expected an int in [0, 3] or "auto", got 9' in err
-    assert not [p for p in out.iterdir() if p.name.startswith("model")] if out.exists() else True
-    assert stages.STAGE_FUNCTIONS["model"] is stages.run_model
+    assert out.is_dir() and list(out.iterdir()) == []  # the lock taken and released, the model stage discarded
 
 
 @pytest.mark.gemma
@@ -478,10 +472,12 @@ def test_model_stage_on_gemma(gemma, tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     result = run_model(ctx, plan.stages["model"], out)
-    assert result["model"]["num_hidden_layers"] == 18 and result["model"]["hidden_size"] == 640
     from recipes.validate import KNOWN_MODELS
 
-    assert (KNOWN_MODELS["gemma-3-270m"].num_layers, KNOWN_MODELS["gemma-3-270m"].hidden_size) == (18, 640)
+    measured = (result["model"]["num_hidden_layers"], result["model"]["hidden_size"])
+    assert measured == (18, 640)
+    known = KNOWN_MODELS["gemma-3-270m"]  # the offline shape validation checks layers against is the loaded one
+    assert (known.num_layers, known.hidden_size) == measured
 
 
 # ----------------------------------------------------------------- accelerate: split + merge
@@ -619,9 +615,9 @@ def test_alignment_stage_builds_the_method_config(tmp_path, monkeypatch):
     stage = plan.stages["alignment"]
     with StageWriter(stage) as out:
         run_alignment(ctx, stage, out)
-    config = seen["config"]
-    assert config.method == "clo" and config.lora_r == 4 and config.seed == 3
-    assert config.max_steps == alignment.CLOConfig().max_steps  # null -> the method's own default
-    assert config.languages == ("ar", "es", "id", "ko", "zh") and seen["kwargs"] == {"tokenizer": "tok"}
+    # the fields set reach the config; every field left null takes the method's own default
+    assert seen["config"] == alignment.config_for("clo", model="gemma-3-270m", languages=["ar", "es", "id", "ko", "zh"],
+                                                  lora_r=4, seed=3)
+    assert seen["kwargs"] == {"tokenizer": "tok"}
     assert json.loads((stage.directory / "adapter.json").read_text())["trained"] is True
     assert ctx.adapter_source() == str(stage.directory / "adapter")
