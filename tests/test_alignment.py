@@ -18,6 +18,7 @@ from alignment.config import CLOConfig, MidAlignConfig, MultilingualSFTConfig
 from alignment.data import (find_leaks, forbidden_texts, held_out_sentences, pair_examples, parallel_sentences,
                             preference_examples, sft_examples, training_texts)
 from alignment.midalign import center_pooled, info_nce, mean_pool
+from alignment.training import lora_config
 from evaluate.loaders import FLORES_CODES, load_flores
 
 ALL = tuple(sorted(set(FLORES_CODES) - {"en"}))
@@ -128,11 +129,26 @@ def test_configs_refuse_bad_values_naming_the_field():
         config_for("midalign", bogus=1)
     with pytest.raises(ValueError, match="method"):
         config_for("rlhf")
+    with pytest.raises(ValueError, match="temperature"):
+        MidAlignConfig(temperature=0.0)
     c = config_for("clo", languages=["ko"], max_steps=3)
-    assert c.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
-    assert MidAlignConfig().temperature == 0.1
-    assert set(MultilingualSFTConfig().target_modules) >= {"gate_proj", "up_proj", "down_proj"}
     assert CLOConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("config, adapted", [
+    (CLOConfig(), {"q_proj", "k_proj", "v_proj", "o_proj"}),  # CLO adapts attention only
+    (MultilingualSFTConfig(), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    (MidAlignConfig(), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+])
+def test_each_method_adapts_its_modules(config, adapted):
+    """The LoRA config a trainer builds from the method's config wraps exactly those modules in every layer."""
+    from peft import get_peft_model
+    from tiny_models import LAYERS, tiny_model
+
+    model = get_peft_model(tiny_model("gemma3"), lora_config(config))
+    wrapped = [name for name, module in model.named_modules() if hasattr(module, "lora_A")]
+    assert {name.rsplit(".", 1)[1] for name in wrapped} == adapted
+    assert len(wrapped) == LAYERS * len(adapted)
 
 
 # ----------------------------------------------------------------------------- training (tiny model)
