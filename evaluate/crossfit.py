@@ -201,7 +201,7 @@ def crossfit_language(model, tokenizer, data: LanguageData, settings: CrossfitSe
                                        progress=s.progress, per_item=True)
     en_grid = ScoredGrid.from_sweep(en_rows, en_records)
     # LOC: each fold's items scored under the vector estimated without that fold
-    loc_folds = fold_vectors(loc, loc_diff + 0, torch.zeros_like(loc_diff), [g for _, _, g in data.loc_pairs], folds)
+    loc_folds = fold_vectors(loc, loc_diff, [g for _, _, g in data.loc_pairs], folds)
     loc_rows, loc_records, kl = [], [], {}
     for f in tqdm(sorted(loc_folds), desc=f"LOC folds {lang}", disable=not s.progress, unit="fold"):
         t_f, l_f = _fold_items(data.transfer_items, folds, f), _fold_items(data.localization_items, folds, f)

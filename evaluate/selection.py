@@ -13,8 +13,8 @@ selection data; ties to the smaller |alpha|, then the smaller KL, then a seeded 
 item's out-of-fold outcome is its outcome under the cell chosen without it.
 
 When the vector itself is estimated from the items (LOC), :func:`fold_mean_differences` /
-:func:`fold_vectors` estimate it per fold from the training folds' pairs only, from per-item states collected
-once; pass one grid per fold (each swept with that fold's vector) to :func:`cross_validate`.
+:func:`fold_vectors` estimate it per fold from the training folds' pairs only, from per-pair differences of states
+collected once; pass one grid per fold (each swept with that fold's vector) to :func:`cross_validate`.
 """
 
 from __future__ import annotations
@@ -225,24 +225,24 @@ def cross_validate(grid: ScoredGrid | Mapping[int, ScoredGrid], rule: str, k: in
 
 # --------------------------------------------------------------------------- out-of-fold vectors
 
-def fold_mean_differences(positive: torch.Tensor, negative: torch.Tensor, groups: Sequence[str],
+def fold_mean_differences(differences: torch.Tensor, groups: Sequence[str],
                           folds: Mapping[str, int]) -> dict[int, torch.Tensor]:
-    """Per fold, ``mean h(positive) - mean h(negative)`` over the pairs NOT in that fold: ``{fold: [L, H]}``.
+    """Per fold, the mean of the per-pair ``differences`` over the pairs NOT in that fold: ``{fold: [L, H]}``.
 
-    ``positive`` / ``negative``: per-pair states ``[n_layers, n_pairs, hidden]`` collected once (e.g.
-    :func:`interventions.vectors.sentence_representations` with ``pooling="last"``); ``groups[i]`` the group
-    of pair ``i``, which must have a fold (a pair outside every fold would leak into every fold's vector).
+    ``differences``: ``h(positive) - h(negative)`` per pair, ``[n_layers, n_pairs, hidden]``, from states collected
+    once (e.g. :func:`interventions.vectors.sentence_representations` with ``pooling="last"``); ``groups[i]`` the
+    group of pair ``i``, which must have a fold (a pair outside every fold would leak into every fold's vector).
     """
-    if positive.dim() != 3 or positive.shape != negative.shape:
-        raise ValueError(f"positive/negative: expected two Tensor[n_layers, n_pairs, hidden] of one shape, got "
-                         f"{tuple(positive.shape)} and {tuple(negative.shape)}")
-    if len(groups) != positive.shape[1]:
-        raise ValueError(f"groups: expected one group per pair ({positive.shape[1]}), got {len(groups)}")
+    if differences.dim() != 3:
+        raise ValueError(f"differences: expected a Tensor[n_layers, n_pairs, hidden], got shape "
+                         f"{tuple(differences.shape)}")
+    if len(groups) != differences.shape[1]:
+        raise ValueError(f"groups: expected one group per pair ({differences.shape[1]}), got {len(groups)}")
     missing = sorted({str(g) for g in groups if str(g) not in folds})
     if missing:
         raise ValueError(f"groups: pair group(s) {missing[:3]} have no fold; give every pair's group a fold")
     fold_of = torch.tensor([folds[str(g)] for g in groups])
-    diff = positive.double() - negative.double()
+    diff = differences.double()
     out = {}
     for f in sorted(set(folds.values())):
         train = fold_of != f
@@ -252,18 +252,20 @@ def fold_mean_differences(positive: torch.Tensor, negative: torch.Tensor, groups
     return out
 
 
-def fold_vectors(vectors: SteeringVectors, positive: torch.Tensor, negative: torch.Tensor, groups: Sequence[str],
+def fold_vectors(vectors: SteeringVectors, differences: torch.Tensor, groups: Sequence[str],
                  folds: Mapping[str, int]) -> dict[int, SteeringVectors]:
-    """``vectors`` re-estimated per fold (mean difference of the training folds' pairs only).
+    """``vectors`` re-estimated per fold: the mean of the training folds' per-pair ``differences`` only
+    (:func:`fold_mean_differences`).
 
-    Keeps the name, layers, positions and provenance of ``vectors`` (whose layers the states' first axis must
+    Keeps the name, layers, positions and provenance of ``vectors`` (whose layers the differences' first axis must
     follow); ``source`` gains ``fold`` and the training pair count. ``alpha_scale`` is 1 (mean difference).
     """
-    if positive.shape[0] != len(vectors.layers):
-        raise ValueError(f"positive: {positive.shape[0]} layers of states for {len(vectors.layers)} vector layers")
+    if differences.shape[0] != len(vectors.layers):
+        raise ValueError(f"differences: {differences.shape[0]} layers of states for {len(vectors.layers)} vector "
+                         "layers")
     fold_of = [folds.get(str(g)) for g in groups]
     out = {}
-    for f, diff in fold_mean_differences(positive, negative, groups, folds).items():
+    for f, diff in fold_mean_differences(differences, groups, folds).items():
         source = dict(vectors.source, method="mean_difference", fold=f, estimated_on="training folds",
                       n_prompts=sum(x != f for x in fold_of))
         source.pop("alpha_scale", None)

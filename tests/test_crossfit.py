@@ -174,7 +174,7 @@ def test_fold_vectors_on_constructed_states():
         positive[:, i, i] += 10.0 ** (i % 3)
     base = SteeringVectors("loc_ko", torch.zeros(2, hidden), [1, 2], torch.ones(2), {"role": "loc_cultural"},
                            positions="last")
-    out = fold_vectors(base, positive, negative, groups, folds)
+    out = fold_vectors(base, positive - negative, groups, folds)
     assert sorted(out) == [0, 1]
     for f, vec in out.items():
         train = [i for i in range(n) if folds[groups[i]] != f]

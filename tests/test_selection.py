@@ -181,21 +181,23 @@ def test_fold_mean_differences_use_training_pairs_only():
     pos, neg = torch.randn(3, 10, 8, generator=g), torch.randn(3, 10, 8, generator=g)
     groups = [f"c{i // 2}" for i in range(10)]
     folds = SEL.group_folds(groups, k=5, seed=0)
-    diffs = SEL.fold_mean_differences(pos, neg, groups, folds)
+    diffs = SEL.fold_mean_differences(pos - neg, groups, folds)
     assert sorted(diffs) == list(range(5))
     for f, d in diffs.items():
         train = [i for i, grp in enumerate(groups) if folds[grp] != f]
         torch.testing.assert_close(d, (pos[:, train] - neg[:, train]).mean(1))
     base = SteeringVectors("loc_ko", (pos - neg).mean(1), [4, 8, 12], torch.ones(3),
                            {"method": "mean_difference", "vector": "loc_cultural"}, positions="last")
-    per_fold = SEL.fold_vectors(base, pos, neg, groups, folds)
+    per_fold = SEL.fold_vectors(base, pos - neg, groups, folds)
     assert per_fold[2].positions == "last" and per_fold[2].layers == [4, 8, 12]
     assert per_fold[2].source["fold"] == 2 and per_fold[2].source["n_prompts"] == 8
     assert per_fold[2].intervention(8, alpha=1.0).coefficient == 1.0
     torch.testing.assert_close(per_fold[2].vector(8), diffs[2][1])
     with pytest.raises(ValueError, match="have no fold"):
-        SEL.fold_mean_differences(pos, neg, groups, {g_: 0 for g_ in groups[:4]})
+        SEL.fold_mean_differences(pos - neg, groups, {g_: 0 for g_ in groups[:4]})
     with pytest.raises(ValueError, match="one group per pair"):
-        SEL.fold_mean_differences(pos, neg, groups[:3], folds)
-    with pytest.raises(ValueError, match="positive/negative"):
-        SEL.fold_mean_differences(pos, neg[:, :4], groups, folds)
+        SEL.fold_mean_differences(pos - neg, groups[:3], folds)
+    with pytest.raises(ValueError, match="differences"):
+        SEL.fold_mean_differences(pos[0] - neg[0], groups, folds)
+    with pytest.raises(ValueError, match="differences: 3 layers"):
+        SEL.fold_vectors(SteeringVectors("v", torch.zeros(2, 8), [4, 8], torch.ones(2), {}), pos - neg, groups, folds)
