@@ -46,7 +46,9 @@ class UnsafePathError(ValueError):
 
 
 def printable(text: Any) -> str:
-    """``text`` with control characters, ANSI escapes and other non-printable characters escaped (repr style)."""
+    """``str(text)`` with every character ``str.isprintable`` refuses escaped as ``repr`` writes it: control and
+    format characters (NUL, ANSI escapes, newlines, bidi marks), line/paragraph separators (U+2028/9, which split
+    a line) and non-ASCII spaces. The one implementation: CLI output, intervention and recipe errors use it."""
     s = str(text)
     if s.isprintable():
         return s

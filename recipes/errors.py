@@ -1,5 +1,5 @@
-"""The one error a recipe raises (:class:`RecipeError`, naming the field), how its text is made printable, and
-how a refused value is shown in it (:func:`describe`).
+"""The one error a recipe raises (:class:`RecipeError`, naming the field; its text made printable by
+:func:`interventions.fsutil.printable`) and how a refused value is shown in it (:func:`describe`).
 
 Kept apart from :mod:`recipes.schema` (which re-exports both) so that modules the schema needs can raise it
 without importing the schema back.
@@ -8,8 +8,9 @@ without importing the schema back.
 from __future__ import annotations
 
 import reprlib
-import unicodedata
 from typing import Any
+
+from interventions.fsutil import printable
 
 
 class RecipeError(ValueError):
@@ -24,14 +25,6 @@ class RecipeError(ValueError):
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""
         return printable(f"{where}{self.field}: {self.message}")
-
-
-def printable(text: str) -> str:
-    """``text`` with control and format characters (NUL, ANSI escapes, newlines, bidi marks) escaped."""
-    if all(unicodedata.category(c)[0] != "C" for c in text):
-        return text
-    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
 
 
 _REPR = reprlib.Repr()

@@ -16,7 +16,9 @@ import stat
 import unicodedata
 from pathlib import Path
 
-from .errors import RecipeError, describe, printable
+from interventions.fsutil import printable
+
+from .errors import RecipeError, describe
 from .schema import Recipe
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")

@@ -12,8 +12,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from interventions.provenance import library_version
+
 from .crossfit_stage import uses_crossfit
-from .run_dir import HASH_VERSION, StagePlan, bundled_data_digest, content_hash, is_complete, library_version
+from .run_dir import HASH_VERSION, StagePlan, bundled_data_digest, content_hash, is_complete
 from .schema import STAGES, Recipe
 
 

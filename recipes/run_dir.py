@@ -8,8 +8,8 @@ interrupted stage leaves nothing a later run trusts; the hidden leftovers of a k
 next run (:func:`clean_stale`). A run holds ``<run_dir>/.lock`` (:class:`RunLock`) for its whole length: a
 second run into the same directory is refused.
 
-``interventions`` (atomic writes, provenance) is imported inside the functions that write: importing it
-loads torch, and ``--dry-run`` (which hashes every stage) imports no torch.
+The atomic writes (:mod:`interventions.fsutil`) are torch-free, like :mod:`interventions.provenance` that
+the plan's hashes read the library version from: ``--dry-run`` (which hashes every stage) imports no torch.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from interventions.fsutil import fresh_sibling_dir, ordinary_permissions, replace_dir
 
 from .schema import STAGES, RecipeError
 
@@ -43,18 +44,6 @@ def canonical_json(obj: Any) -> str:
 
 def content_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
-
-
-def library_version() -> str:
-    """The installed version of surgical-steering, for the stage hashes.
-
-    The same lookup as :func:`interventions.provenance.library_version`, which cannot be imported here:
-    importing ``interventions`` loads torch, and ``--dry-run`` hashes every stage without torch.
-    """
-    try:
-        return metadata.version("surgical-steering")
-    except metadata.PackageNotFoundError:  # a source tree that is not installed
-        return "unknown"
 
 
 def tree_digest(root: Path) -> str:
@@ -117,14 +106,10 @@ class StageWriter:
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
-        from interventions.fsutil import fresh_sibling_dir
-
         self.tmp = fresh_sibling_dir(self.stage.directory)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        from interventions.fsutil import ordinary_permissions, replace_dir
-
         try:
             if exc_type is None and self.commit:
                 marker = {"stage": self.stage.name, "hash": self.stage.hash, "config": self.stage.config,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 LANGUAGES = ("en", "ar", "es", "id", "ko", "zh", "el", "fa", "am")
 TASKS = ("global_mmlu", "global_mmlu_cloze", "blend", "locale_probe", "fact_probe")
 from .convert import build  # noqa: E402
-from .errors import RecipeError, printable  # noqa: E402,F401  (re-exported: every stage raises RecipeError)
+from .errors import RecipeError  # noqa: E402,F401  (re-exported: every stage raises RecipeError)
 from .variants import VARIANTS  # noqa: E402  (one table of variants: recipes.variants)
 METHODS = ("none", "multilingual_sft", "midalign", "clo")
 COMPONENTS = ("block_output",)

@@ -20,7 +20,9 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from .errors import RecipeError, describe, printable
+from interventions.fsutil import printable
+
+from .errors import RecipeError, describe
 from .schema import Recipe
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
