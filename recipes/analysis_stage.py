@@ -22,15 +22,11 @@ import json
 import logging
 from pathlib import Path
 
+from .artifacts import SteeringResult
+
 logger = logging.getLogger(__name__)
 
 QUANTILE = 0.95
-
-
-def _steering_info(steering: Path | None) -> dict:
-    if steering is None or not (steering / "steering.json").is_file():
-        return {}
-    return json.loads((steering / "steering.json").read_text(encoding="utf-8"))
 
 
 def vector_cosine_rows(vectors: dict, selection: dict, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -94,14 +90,14 @@ def run_analysis(ctx, stage, out: Path) -> dict:
     steering = ctx.output("steering")
     vectors_dir = steering / "vectors" if steering is not None else None
     cosines, selected, note = [], [], None
-    info = _steering_info(steering)
-    vectors_model = info.get("primary_run") or ctx.recipe.steering.compute_on
+    info = SteeringResult.find(steering)
+    vectors_model = (info.primary_run if info else None) or ctx.recipe.steering.compute_on
     if vectors_dir is None or not vectors_dir.is_dir():
         note = "no saved steering vectors (steering stage off or loaded from a directory): cosines not measured"
     else:
         from interventions.vector_io import load_vectors
 
-        cosines, selected = vector_cosine_rows(load_vectors(vectors_dir), info.get("selection") or {},
+        cosines, selected = vector_cosine_rows(load_vectors(vectors_dir), info.selection_dicts() if info else {},
                                                ctx.recipe.seed)
         if not cosines:
             note = "the steering stage saved no EN + LOC pair for any language: cosines not measured"

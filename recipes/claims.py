@@ -31,6 +31,8 @@ from statistics import NormalDist
 
 from evaluate.stats import LEVEL, format_p
 
+from .artifacts import SteeringResult
+
 _N = NormalDist()
 
 
@@ -228,10 +230,10 @@ def _read_json(path: Path | None):
 
 def measure_claims(results: dict, steering_dir: Path | None, analysis_dir: Path | None,
                    num_layers: int | None = None) -> dict:
-    steering = _read_json(steering_dir / "steering.json") if steering_dir else None
+    steering = SteeringResult.find(steering_dir)
     analysis = _read_json(analysis_dir / "analysis.json") if analysis_dir else None
     return {"level": LEVEL,
-            "layers": claim_layers((steering or {}).get("selection") or {}, num_layers),
+            "layers": claim_layers(steering.selection_dicts() if steering else {}, num_layers),
             "orthogonality": claim_orthogonality(analysis),
             "surgical": claim_surgical(results),
             "erasure": claim_erasure(results)}

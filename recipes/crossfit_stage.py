@@ -23,11 +23,18 @@ continuations of a seeded prompt sample under base, cla, +en, +loc, +surgical an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+from .artifacts import (CrossfitLanguage, CrossfitResult, ModalChoice, SelectionSettings, SteeringResult,
+                        VectorSelection)
 from .variants import Variant
+
+
+GRID_ROWS = "grid.json"
+"""The selection grid's rows (``steering.json``'s ``grid_rows``); ``grid.csv`` holds the same rows."""
 
 
 def runs_of(variants) -> list[str]:
@@ -122,9 +129,11 @@ def run_crossfit(ctx, stage, out: Path) -> dict:
                 outcomes += [dict(o, run=run) for o in res.outcomes]
                 grid += [dict(r, run=run) for r in res.grid_rows]
                 modal = {w: modal_choice(res.selections[w]) for w in ("en", "loc")}
-                report[run][lang] = {"folds": res.folds, "selections": res.selections, "stability": res.stability,
-                                     "modal": modal, "n_items": {"transfer": len(data[lang].transfer_items),
-                                                                 "localization": len(data[lang].localization_items)}}
+                report[run][lang] = CrossfitLanguage(
+                    folds=res.folds, selections=_finite(res.selections), stability=_finite(res.stability),
+                    modal={w: ModalChoice(**m) for w, m in modal.items()},
+                    n_items={"transfer": len(data[lang].transfer_items),
+                             "localization": len(data[lang].localization_items)})
                 cosines[run][lang] = {str(layer): dict(cosine_test(res.diffs["en"][layer], res.diffs["loc"][layer],
                                                                    seed=recipe.seed), preregistered=layer == middle)
                                       for layer in settings.layers}
@@ -135,8 +144,9 @@ def run_crossfit(ctx, stage, out: Path) -> dict:
                     m = modal[w]
                     how = (f"cross-validated ({settings.k} folds by group): modal choice in {m['folds']} of "
                            f"{m['n_folds']} folds")
-                    selection[vec.name] = {"layer": m["layer"], "alpha": m["alpha"], "steered": m["steered"],
-                                           "kind": w, "language": lang, "selected": how}
+                    selection[vec.name] = VectorSelection(layer=m["layer"], alpha=m["alpha"], steered=m["steered"],
+                                                          positions=vec.positions, kind=w, language=lang,
+                                                          selected=how)
                     if m["steered"]:
                         iv = vec.intervention(m["layer"], alpha=m["alpha"])
                         iv.source.update(selected=how, selection_folds=m["folds"], n_folds=m["n_folds"])
@@ -145,20 +155,21 @@ def run_crossfit(ctx, stage, out: Path) -> dict:
         raise RecipeError("steering", "non-finite out-of-fold margins (the model overflowed)")
     (out / "outcomes.jsonl").write_text("".join(json.dumps(o, sort_keys=True, allow_nan=False) + "\n"
                                                 for o in outcomes), encoding="utf-8")
-    _write_json(out / "crossfit.json", {"protocol": "crossfit", "runs": report, "primary_run": primary,
-                                        "settings": {k: getattr(settings, k) for k in
-                                                     ("layers", "alphas", "k", "tolerance", "max_kl", "seed")},
-                                        "preregistered_cosine_layer": middle})
+    CrossfitResult(protocol="crossfit", runs=report, primary_run=primary, preregistered_cosine_layer=middle,
+                   settings=SelectionSettings(**_finite({f: getattr(settings, f) for f in
+                                                         ("layers", "alphas", "k", "tolerance", "max_kl", "seed")}))
+                   ).save(out)
     _write_json(out / "cosines.json", cosines)
-    _write_json(out / "grid.json", grid)
+    _write_json(out / GRID_ROWS, grid)
     write_csv(grid, out / "grid.csv")
     # always written: an empty directory is the honest artifact when no vector gained on its selection data
     model = ctx.aligned_model() if primary == "cla" else ctx.model
     InterventionConfig.for_model(model, interventions, revision=recipe.model.revision).save_pretrained(
         out / "intervention", model=model)
-    _write_json(out / "steering.json", {"computed": True, "protocol": "crossfit", "selection": selection,
-                                        "primary_run": primary, "intervention": bool(interventions)})
-    return {"protocol": "crossfit", "selection": selection}
+    result = SteeringResult(computed=True, source=None, protocol="crossfit", selection=selection,
+                            primary_run=primary, intervention=bool(interventions), grid_rows=GRID_ROWS)
+    result.save(out)
+    return {"protocol": "crossfit", "selection": result.selection_dicts()}
 
 
 def _kind(task: str) -> str:
@@ -171,7 +182,7 @@ def evaluate_crossfit(ctx, stage, out: Path) -> dict:
     from evaluate.crossfit_stats import plane_rows, preregistered_tests
 
     steering = ctx.output("steering")
-    info = json.loads((steering / "crossfit.json").read_text(encoding="utf-8"))
+    info = CrossfitResult.load(steering)
     cosines = json.loads((steering / "cosines.json").read_text(encoding="utf-8"))
     outcomes = [json.loads(line) for line in (steering / "outcomes.jsonl").read_text(encoding="utf-8").splitlines()]
     languages = [x for x in ctx.recipe.evaluate.languages if x != "en"]
@@ -181,20 +192,16 @@ def evaluate_crossfit(ctx, stage, out: Path) -> dict:
         wanted.setdefault(v.model, set()).add(v.addition or "base")
     runs = {run: [o for o in outcomes if o["run"] == run and o["variant"] in wanted[run] | {"base"}]
             for run in ("base", "cla") if run in wanted}
-    primary = info["primary_run"]
-    layer = str(info["preregistered_cosine_layer"])
-    modal = {lang: info["runs"][primary][lang]["modal"] for lang in languages}
+    primary = info.primary_run
+    layer = str(info.preregistered_cosine_layer)
+    selections = info.plain("modal")
+    modal = {lang: selections[primary][lang] for lang in languages}
     tests = preregistered_tests(runs, modal, {lang: cosines[primary][lang][layer] for lang in languages}, languages,
                                 n_boot=max(ctx.recipe.evaluate.bootstrap, 1000), seed=ctx.recipe.seed, run=primary)
     rows = plane_rows(runs, languages, n_boot=ctx.recipe.evaluate.bootstrap, seed=ctx.recipe.seed)
     results = {"protocol": "crossfit", "plane": rows, "tests": tests, "languages": languages,
-               "selections": {run: {lang: r["modal"] for lang, r in langs.items()} for run, langs in
-                              info["runs"].items()},
-               "stability": {run: {lang: r["stability"] for lang, r in langs.items()} for run, langs in
-                             info["runs"].items()},
-               "n_items": {run: {lang: r["n_items"] for lang, r in langs.items()} for run, langs in
-                           info["runs"].items()},
-               "settings": info["settings"], "cosine_layer": int(layer)}
+               "selections": selections, "stability": info.plain("stability"), "n_items": info.plain("n_items"),
+               "settings": dataclasses.asdict(info.settings), "cosine_layer": int(layer)}
     from .crossfit_generations import crossfit_generations
 
     results["generations"], results["generations_settings"] = crossfit_generations(ctx, steering, primary)

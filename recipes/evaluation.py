@@ -42,6 +42,7 @@ from evaluate.scoring import NonFiniteScores
 from interventions.config import InterventionConfig
 from interventions.fsutil import atomic_write
 
+from .artifacts import ModelInfo
 from .distributed import distributed_map
 from .pooling import pooled_rows
 from .schema import RecipeError
@@ -261,9 +262,9 @@ def run_evaluate(ctx, stage, out: Path) -> dict:
 def _measure_claims(ctx, results: dict) -> dict:
     from .claims import measure_claims
 
-    model_info = ctx.output("model") / "model.json"
-    layers = json.loads(model_info.read_text())["num_hidden_layers"] if model_info.is_file() else None
-    return measure_claims(results, ctx.output("steering"), ctx.output("analysis"), layers)
+    info = ModelInfo.find(ctx.output("model"))
+    return measure_claims(results, ctx.output("steering"), ctx.output("analysis"),
+                          info.num_hidden_layers if info else None)
 
 
 def run_report(ctx, stage, out: Path) -> dict:

@@ -30,7 +30,9 @@ from interventions.fsutil import fresh_sibling_dir, ordinary_permissions, replac
 
 from .schema import STAGES, RecipeError
 
-HASH_VERSION = 2
+HASH_VERSION = 3
+"""Part of every stage hash: bumped when what a stage writes changes shape (3: the typed artifacts of
+:mod:`recipes.artifacts`, with a ``format_version``), so an older stage directory is recomputed, never misread."""
 MARKER = "stage.json"
 LOCK = ".lock"
 STALE = re.compile(rf"^\.(?:{'|'.join(STAGES)})-[0-9a-f]{{12}}\.(?:tmp|old)-|^\.recipe\.yaml\.")

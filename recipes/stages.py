@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .analysis_stage import run_analysis
+from .artifacts import AdapterInfo, ModelInfo, SteeringResult, VectorSelection
 from .crossfit_stage import crossfit_evaluation, evaluate_crossfit, report_crossfit, run_crossfit, uses_crossfit
 from .experts_stage import run_experts
 from .plan import Plan
@@ -74,8 +75,7 @@ class RunContext:
         out = self.output("alignment")
         if out is None:
             return None
-        info = json.loads((out / "adapter.json").read_text())
-        return str(out / "adapter") if info.get("local") else info["source"]
+        return AdapterInfo.load(out).location(out)
 
     def aligned_model(self):
         """The base model with the alignment adapter loaded on top (unmerged), cached."""
@@ -110,10 +110,10 @@ def copy_user_dir(source: str, dst: Path, field: str) -> None:
 def run_model(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     layers, hidden, model_type = _model_shape(ctx.model)
     check_layers(ctx.recipe, layers)  # deferred check for models unknown at validation time
-    info = {"name_or_path": ctx.recipe.model.name, "model_type": model_type, "num_hidden_layers": layers,
-            "hidden_size": hidden, "dtype": ctx.recipe.model.dtype, "revision": ctx.recipe.model.revision}
-    write_json(out / "model.json", info)
-    return {"model": info}
+    info = ModelInfo(name_or_path=ctx.recipe.model.name, model_type=model_type, num_hidden_layers=layers,
+                     hidden_size=hidden, dtype=ctx.recipe.model.dtype, revision=ctx.recipe.model.revision)
+    info.save(out)
+    return {"model": info.to_dict()}
 
 
 def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
@@ -121,9 +121,10 @@ def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     if a.adapter is not None:
         local = looks_like_path(a.adapter)
         if local:
-            copy_user_dir(a.adapter, out / "adapter", "alignment.adapter")
-            shutil.rmtree(out / "adapter" / "checkpoints", ignore_errors=True)  # training state, not the adapter
-        write_json(out / "adapter.json", {"source": a.adapter, "local": local, "trained": False})
+            copy_user_dir(a.adapter, out / AdapterInfo.ADAPTER_DIR, "alignment.adapter")
+            # training state, not the adapter
+            shutil.rmtree(out / AdapterInfo.ADAPTER_DIR / "checkpoints", ignore_errors=True)
+        AdapterInfo(source=a.adapter, local=local, trained=False, method=None).save(out)
         return {"adapter": a.adapter}
     from alignment import config_for, train
 
@@ -134,9 +135,9 @@ def run_alignment(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     ctx.seed()
     # The trainer loads its own copy of the model (LoRA injection would change ctx.model in place);
     # under ``accelerate launch`` TRL/Trainer spread training over the processes and save on the main one.
-    train(config, out / "adapter", tokenizer=ctx.tokenizer)
-    write_json(out / "adapter.json", {"source": str(stage.directory / "adapter"), "local": True, "trained": True,
-                                      "method": a.method})
+    train(config, out / AdapterInfo.ADAPTER_DIR, tokenizer=ctx.tokenizer)
+    AdapterInfo(source=str(stage.directory / AdapterInfo.ADAPTER_DIR), local=True, trained=True,
+                method=a.method).save(out)
     return {"adapter": "trained", "method": a.method}
 
 
@@ -151,7 +152,7 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
         else:
             config = InterventionConfig.from_pretrained(s.load, model=ctx.model)
             config.save_pretrained(out / "intervention")
-        write_json(out / "steering.json", {"source": s.load, "computed": False})
+        SteeringResult.loaded(s.load).save(out)
         return {"source": s.load}
     if uses_crossfit(ctx.recipe):  # layer/alpha auto: cross-validated selection and the out-of-fold plane
         return run_crossfit(ctx, stage, out)
@@ -159,8 +160,10 @@ def run_steering(ctx: RunContext, stage: StagePlan, out: Path) -> dict:
     model = ctx.aligned_model() if s.compute_on == "cla" else ctx.model
     config, selection = compute_interventions(ctx, model, out)
     config.save_pretrained(out / "intervention", model=model)
-    write_json(out / "steering.json", {"computed": True, "selection": selection})
-    return {"selection": selection}
+    result = SteeringResult(computed=True, source=None, protocol="fixed", selection=selection,
+                            primary_run=s.compute_on, intervention=True, grid_rows=None)
+    result.save(out)
+    return {"selection": result.selection_dicts()}
 
 
 def compute_interventions(ctx: RunContext, model, out: Path):
@@ -190,8 +193,9 @@ def compute_interventions(ctx: RunContext, model, out: Path):
             iv = found.intervention(vec.layer, alpha=vec.alpha, positions=vec.positions)
             iv.source.update(selected="fixed in the recipe", steered=True)
             interventions.append(iv)
-            selection[found.name] = {"layer": vec.layer, "alpha": vec.alpha, "selected": "fixed in the recipe",
-                                     "steered": True, "kind": which, "language": language}
+            selection[found.name] = VectorSelection(layer=vec.layer, alpha=vec.alpha, positions=iv.positions,
+                                                    steered=True, kind=which, language=language,
+                                                    selected="fixed in the recipe")
     if not interventions:  # validation refuses this; never commit an empty steering stage as complete
         raise RecipeError("evaluate.languages", f"no intervention to compute: EN-transfer and LOC vectors are made "
                                                 f"per language other than en, got {ctx.recipe.evaluate.languages}")

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from recipes.artifacts import SteeringResult, VectorSelection
 from recipes.claims import (claim_erasure, claim_layers, claim_orthogonality, claim_surgical, measure_claims,
                             render_claims, stouffer)
 from recipes.plan import make_plan
@@ -257,9 +258,11 @@ def test_measure_and_render_from_stage_files(tmp_path):
     steering, analysis = tmp_path / "steering", tmp_path / "analysis"
     steering.mkdir()
     analysis.mkdir()
-    (steering / "steering.json").write_text(json.dumps({"selection": {
-        "en_transfer_ko": {"layer": 6, "alpha": 1.0, "steered": True, "kind": "en", "language": "ko"},
-        "loc_ko": {"layer": 12, "alpha": 1.0, "steered": True, "kind": "loc", "language": "ko"}}}))
+    SteeringResult(computed=True, source=None, protocol="fixed", primary_run="base", intervention=True,
+                   grid_rows=None, selection={
+                       name: VectorSelection(layer=layer, alpha=1.0, positions="last", steered=True, kind=kind,
+                                             language="ko", selected="fixed in the recipe")
+                       for name, layer, kind in (("en_transfer_ko", 6, "en"), ("loc_ko", 12, "loc"))}).save(steering)
     (analysis / "analysis.json").write_text(json.dumps({"selected_cosines": [], "note": "no vectors"}))
     claims = measure_claims(_results(0.2, 0.001, 0.0, 1.0, langs=("ko",)), steering, analysis, 18)
     assert claims["level"] == 0.05 and "alpha" not in claims  # alpha is the steering strength, not the level
@@ -270,7 +273,7 @@ def test_measure_and_render_from_stage_files(tmp_path):
     assert "no vectors" in text and "significance level 0.05" in text
     loaded = tmp_path / "loaded"
     loaded.mkdir()
-    (loaded / "steering.json").write_text(json.dumps({"source": "./dir", "computed": False}))
+    SteeringResult.loaded("./dir").save(loaded)
     assert measure_claims(_results(0.2, 0.001, 0.0, 1.0), loaded, None)["layers"]["languages"] == []
 
 

@@ -344,6 +344,7 @@ def test_publish_pushes_intervention_adapter_and_card(tmp_path, fake_stages, mon
     import huggingface_hub
 
     from recipes import stages
+    from recipes.artifacts import AdapterInfo
 
     calls = []
 
@@ -375,7 +376,7 @@ def test_publish_pushes_intervention_adapter_and_card(tmp_path, fake_stages, mon
     def alignment(ctx, stage, out):
         (out / "adapter").mkdir()
         (out / "adapter" / "adapter_config.json").write_text("{}")
-        (out / "adapter.json").write_text(json.dumps({"source": "x", "local": True}))
+        AdapterInfo(source="x", local=True, trained=False, method=None).save(out)
         return {}
 
     def report(ctx, stage, out):
