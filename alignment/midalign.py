@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from interventions.activations import pool, record
+
 from .config import MidAlignConfig
 from .data import pair_examples, parallel_sentences, to_dataset
 from .training import finish, load_for_training, lora_config, run_training, trainer_arguments
@@ -39,9 +41,9 @@ def info_nce(source: torch.Tensor, target: torch.Tensor, temperature: float = 0.
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` [batch, seq, d] over the positions where ``mask`` [batch, seq] is 1."""
-    mask = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    """Mean of ``hidden`` [batch, seq, d] over the positions where ``mask`` [batch, seq] is 1: the project's one
+    pooling (:func:`interventions.activations.pool`)."""
+    return pool(hidden, mask, "mean")
 
 
 def center_pooled(pooled: torch.Tensor, how: str = "batch") -> torch.Tensor:
@@ -109,11 +111,15 @@ class MidAlignTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def alignment_loss(self, model, inputs) -> torch.Tensor:
-        """InfoNCE between mean-pooled layer-``layer`` outputs of the English and L sentences."""
-        out = model(input_ids=inputs["pair_input_ids"], attention_mask=inputs["pair_attention_mask"],
-                    output_hidden_states=True, use_cache=False, logits_to_keep=1)
-        hidden = out.hidden_states[self.layer + 1]  # hidden_states[0] is the embedding output
-        pooled = mean_pool(hidden, inputs["pair_pool_mask"])
+        """InfoNCE between mean-pooled layer-``layer`` outputs of the English and L sentences.
+
+        The output of decoder layer ``layer`` is recorded by :func:`interventions.activations.record` (with
+        gradients, in the training dtype, pooled over ``pair_pool_mask``); the forward stops after that layer. For
+        the last layer this is its output before the final norm (``output_hidden_states[-1]`` is after it)."""
+        with record(self.accelerator.unwrap_model(model), [self.layer], reduce="mean", keep_grad=True,
+                    dtype=None) as recorder:
+            (pooled,) = recorder.run(model, mask=inputs["pair_pool_mask"], input_ids=inputs["pair_input_ids"],
+                                     attention_mask=inputs["pair_attention_mask"], use_cache=False, logits_to_keep=1)
         pooled = center_pooled(pooled, self.center)  # English and L rows together: the language offset stays
         source, target = pooled.chunk(2, dim=0)
         return info_nce(source, target, self.temperature)

@@ -1,7 +1,8 @@
 """Cross-lingual sentence retrieval: the project's one helper (pooling, precision, hits).
 
 - Pooling (:func:`pooled_representations`): a sentence is the mean of every decoder layer's output
-  (``block_output``) over its non-special tokens: padding and ``<bos>`` are excluded. Gemma's ``<bos>`` state is
+  (``block_output``, :func:`interventions.activations.record` + :func:`interventions.activations.pool`) over its
+  non-special tokens: padding and ``<bos>`` are excluded. Gemma's ``<bos>`` state is
   an attention sink whose norm dwarfs the other tokens'; kept in the mean it gives every sentence one shared large
   component, which drives the cosines of all pairs towards 1 and retrieval towards chance.
 - Retrieval (:func:`retrieval_hits`, :func:`retrieval_top1`): is sentence i's cosine nearest neighbour among the
@@ -17,6 +18,9 @@ import contextlib
 from typing import Sequence
 
 import torch
+
+from interventions.activations import sentence_representations
+from interventions.steer import steer
 
 
 def retrieval_hits(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -45,17 +49,14 @@ def steering(model, config):
     """``interventions.steer.steer(model, config)``, or nothing for ``None`` / an empty config."""
     if config is None or not config.interventions:
         return contextlib.nullcontext()
-    from interventions.steer import steer
-
     return steer(model, config)
 
 
 def pooled_representations(model, tokenizer, texts: Sequence[str], config=None, batch_size: int = 16,
                            max_length: int = 128) -> torch.Tensor:
     """Mean over non-special tokens (no ``<bos>``, no padding) of every layer's ``block_output``, with ``config``
-    forced while encoding -> float32 ``[layers, n, hidden]`` in the order of ``texts``."""
-    from interventions.vectors import sentence_representations
-
+    forced while encoding -> float32 ``[layers, n, hidden]`` in the order of ``texts``. Recorded and pooled by
+    :func:`interventions.activations.sentence_representations` (the one recorder and the one pooling)."""
     texts = list(texts)
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths together: less padding

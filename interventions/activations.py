@@ -1,4 +1,11 @@
-"""Activation collection: one forward of the decoder stack per batch for every layer at once.
+"""Activations: the project's one recorder (:func:`record`), its one pooling (:func:`pool`), and the collectors.
+
+:func:`record` hooks any component (:mod:`interventions.components`: ``block_output``, ``mlp_hidden``,
+``attention_heads``, ...) of chosen layers, keeps or reduces what each forward produces there, optionally stops
+the forward once everything is recorded, and always removes its hooks. Every reader of activations goes through
+it: the collectors below, the experts' unit responses (:func:`interventions.experts.iter_unit_responses`),
+retrieval (:func:`evaluate.retrieval.pooled_representations`, via :func:`sentence_representations`) and MidAlign's
+training loss (:meth:`alignment.midalign.MidAlignTrainer.alignment_loss`, with gradients).
 
 Layers are the outputs of the decoder layers (``block_output``: the residual stream after layer
 ``l``, ``l = 0 .. L-1``), read with forward hooks on the decoder-layer modules, never from
@@ -18,26 +25,150 @@ tokens of the collection data (a descriptive scale, recorded in provenance).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from interventions.components import decoder_layers, decoder_stack, hidden_size
+from interventions.components import INPUT_HOOK, decoder_layers, decoder_stack, hidden_size, resolve, unwrap
 
 REDUCTIONS = ("last", "mean")
 
 
-# --------------------------------------------------------------------------- model plumbing
+# --------------------------------------------------------------------------- the one pooling and the one recorder
+
+POOLINGS = ("mean", "max", "last")
+
+Reducer = Callable[[torch.Tensor, Any], Any]
+"""A custom reduction for :func:`record`: ``(hidden [B, T, W], mask) -> what to keep`` (``mask``: what
+:meth:`Recorder.run` was given)."""
+
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """The project's one pooling: ``hidden [B, T, W]`` -> ``[B, W]`` over the positions where ``mask [B, T]`` is set.
+
+    ``mean``: their mean (a row with none pools to 0); ``max``: their maximum (``-inf`` for a row with none);
+    ``last``: the state at the last of them (the last position for a row with none). ``mask`` is
+    :func:`tokenize`'s ``token_mask`` (no padding, no special tokens such as ``<bos>``) or, for ``last``, the
+    attention mask. Masked-out positions never enter (``where``, not a product: padded rows may hold NaN/inf in
+    some kernels); ``hidden``'s dtype is kept and gradients flow.
+    """
+    if how not in POOLINGS:
+        raise ValueError(f"how: expected one of {POOLINGS}, got {how!r}")
+    if hidden.dim() != 3 or tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"pool: expected hidden [B, T, W] and mask [B, T], got {tuple(hidden.shape)} and "
+                         f"{tuple(mask.shape)}")
+    mask = mask.bool()
+    if how == "mean":
+        return torch.where(mask[..., None], hidden, 0.0).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    if how == "max":
+        return hidden.masked_fill(~mask[..., None], float("-inf")).amax(1)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask, positions, -1).max(1).values
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
 class _StopForward(Exception):
     pass
 
+
+class Recorder:
+    """What :func:`record` yields: its ``sites`` (``(component, layer)``, in order) and, in ``captured``, what the
+    latest forward recorded at each of them."""
+
+    def __init__(self, sites: list[tuple[str, int]], reduce: str | Reducer | None, stop_after: bool,
+                 keep_grad: bool, dtype: torch.dtype | None):
+        self.sites, self.reduce, self.stop_after, self.keep_grad, self.dtype = sites, reduce, stop_after, keep_grad, dtype
+        self.captured: dict[tuple[str, int], Any] = {}
+        self.mask: Any = None
+
+    def _capture(self, site: tuple[str, int], hidden: torch.Tensor) -> None:
+        if self.dtype is not None:
+            hidden = hidden.to(self.dtype)
+        if not self.keep_grad:
+            hidden = hidden.detach()
+        if self.reduce is None:
+            value = hidden
+        elif callable(self.reduce):
+            value = self.reduce(hidden, self.mask)
+        elif self.mask is None:
+            raise ValueError(f"record: reduce={self.reduce!r} needs a mask; pass mask= to Recorder.run")
+        else:
+            value = pool(hidden, self.mask, self.reduce)
+        self.captured[site] = value
+        if self.stop_after and len(self.captured) == len(self.sites):
+            raise _StopForward  # every site is recorded: the rest of the forward is not needed
+
+    def run(self, module, *args, mask: Any = None, **kwargs) -> list:
+        """Call ``module(*args, **kwargs)`` (the model, or :func:`decoder_stack` to skip the LM head) and return what
+        it recorded, one value per site in order. ``mask``: this batch's pooling mask (see :func:`pool`), or what a
+        custom reducer takes. The early stop ends the call here; without ``keep_grad`` it runs under ``no_grad``."""
+        self.captured, self.mask = {}, mask
+        try:
+            with contextlib.nullcontext() if self.keep_grad else torch.no_grad():
+                module(*args, **kwargs)
+        except _StopForward:
+            pass
+        finally:
+            self.mask = None
+        missing = [site for site in self.sites if site not in self.captured]
+        if missing:
+            raise RuntimeError(f"record: the forward never reached {missing}")
+        return [self.captured[site] for site in self.sites]
+
+
+def _module_input(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values()), None))
+
+
+@contextlib.contextmanager
+def record(model, layers: Sequence[int], component: str | Sequence[str] = "block_output",
+           reduce: str | Reducer | None = None, *, stop_after: bool = True, keep_grad: bool = False,
+           dtype: torch.dtype | None = torch.float32) -> Iterator[Recorder]:
+    """Record ``component`` (one name of :data:`interventions.components.COMPONENTS`, or several) at ``layers``.
+
+    Installs a forward hook (pre-hook for the inputs of a projection) on each resolved module
+    (:func:`interventions.components.resolve`, as steering resolves them) and yields a :class:`Recorder`; run
+    forwards through :meth:`Recorder.run`. Each value is cast to ``dtype`` (``None``: the model's), detached unless
+    ``keep_grad``, then kept whole (``reduce=None``: ``[B, T, W]``), pooled (``"mean"``/``"max"``/``"last"``:
+    :func:`pool` with the run's mask) or given to a custom reducer. ``stop_after``: the forward ends once every site
+    is recorded (later layers and the LM head never run; what is recorded is unchanged). The hooks are always
+    removed on leaving the block, on an exception too.
+    """
+    components = [component] if isinstance(component, str) else list(component)
+    sites = [(c, int(l)) for c in components for l in layers]
+    if not sites or len(set(sites)) != len(sites):
+        raise ValueError(f"record: expected distinct (component, layer) sites, got {sites}")
+    if isinstance(reduce, str) and reduce not in POOLINGS:
+        raise ValueError(f"reduce: expected None, a callable or one of {POOLINGS}, got {reduce!r}")
+    recorder = Recorder(sites, reduce, stop_after, keep_grad, dtype)
+    base = unwrap(model)
+    handles = []
+    try:
+        for site in sites:
+            where = resolve(model, *site)
+            module = base.get_submodule(where.module_path)
+            if where.hook_type == INPUT_HOOK:
+                handles.append(module.register_forward_pre_hook(
+                    lambda m, args, kwargs, site=site: recorder._capture(site, _module_input(args, kwargs)),
+                    with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda m, args, out, site=site: recorder._capture(
+                        site, out[0] if isinstance(out, (tuple, list)) else out)))
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------- collection
 
 def tokenize(tokenizer, texts: Sequence[str], device=None, exclude_special: bool = True,
              max_length: int | None = None) -> dict[str, torch.Tensor]:
@@ -58,49 +189,22 @@ def tokenize(tokenizer, texts: Sequence[str], device=None, exclude_special: bool
 
 
 def _forward_reduced(model, batch, reduce: str, layers: Sequence[int]):
-    """One forward of the decoder stack; returns reduced [n_layers, B, H] and per-layer token-norm sums."""
+    """One forward of the decoder stack (stopped after the last needed layer); returns reduced [n_layers, B, H] and
+    per-layer token-norm sums."""
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
-    modules = decoder_layers(model)
-    wanted = {l: i for i, l in enumerate(layers)}
-    last_needed = max(layers)
-    attn = batch["attention_mask"]
-    mask = batch["token_mask"]
-    n_tok = mask.sum(1, keepdim=True).clamp(min=1)
-    positions = torch.arange(attn.shape[1], device=attn.device)
-    last_idx = torch.where(attn.bool(), positions, -1).max(1).values
-    reduced: list[torch.Tensor | None] = [None] * len(layers)
-    norm_sum = torch.zeros(len(layers), dtype=torch.float64)
-    norm_sq = torch.zeros(len(layers), dtype=torch.float64)
+    attn, mask = batch["attention_mask"], batch["token_mask"]
 
-    def make_hook(layer):
-        def hook(module, args, output):
-            h = output[0] if isinstance(output, (tuple, list)) else output
-            h = h.float()
-            if reduce == "last":
-                r = h[torch.arange(h.shape[0], device=h.device), last_idx]
-            else:  # where() rather than a product: padded rows may hold NaN/inf in some kernels
-                r = torch.where(mask[..., None], h, 0.0).sum(1) / n_tok
-            i = wanted[layer]
-            reduced[i] = r.detach().cpu()
-            norms = torch.where(mask, h.norm(dim=-1), 0.0)
-            norm_sum[i] = norms.sum().double().cpu()
-            norm_sq[i] = norms.pow(2).sum().double().cpu()
-            if layer == last_needed:
-                raise _StopForward
-        return hook
+    def reducer(h, _):
+        r = pool(h, attn, "last") if reduce == "last" else pool(h, mask, "mean")
+        norms = torch.where(mask, h.norm(dim=-1), 0.0)
+        return r.cpu(), norms.sum().double().cpu(), norms.pow(2).sum().double().cpu()
 
-    handles = [modules[l].register_forward_hook(make_hook(l)) for l in layers]
-    try:
-        with torch.no_grad():
-            decoder_stack(model)(input_ids=batch["input_ids"], attention_mask=attn,
-                                 position_ids=batch["position_ids"], use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack(reduced), norm_sum, norm_sq, int(mask.sum())
+    with record(model, layers, reduce=reducer) as recorder:
+        out = recorder.run(decoder_stack(model), input_ids=batch["input_ids"], attention_mask=attn,
+                           position_ids=batch["position_ids"], use_cache=False)
+    reduced, norm_sum, norm_sq = (torch.stack(parts) for parts in zip(*out))
+    return reduced, norm_sum, norm_sq, int(mask.sum())
 
 
 def _resolve_layers(model, layers) -> list[int]:

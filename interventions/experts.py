@@ -39,15 +39,15 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from interventions.activations import record, tokenize
 from interventions.components import UNIT_COMPONENTS, decoder_layers, decoder_stack, resolve, unwrap
 from interventions.expert_ap import StreamingAP, average_precision_exact  # noqa: F401  (re-exported)
-from interventions.vectors import tokenize
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Unit responses from plain forward hooks
+# Unit responses, recorded by the project's one recorder
 # ----------------------------------------------------------------------------------------------------------
 
 def unit_modules(model, components: Sequence[str]) -> list[tuple[str, int, torch.nn.Module]]:
@@ -60,47 +60,26 @@ def unit_modules(model, components: Sequence[str]) -> list[tuple[str, int, torch
             for c in components for i in range(len(decoder_layers(model)))]
 
 
-def _module_input(args, kwargs) -> torch.Tensor:
-    return args[0] if args else next(iter(kwargs.values()))
-
-
 def iter_unit_responses(model, tokenizer, texts: Sequence[str], components: Sequence[str] = ("mlp_hidden",),
                         batch_size: int = 16, max_length: int = 128, progress: bool = True
                         ) -> Iterable[torch.Tensor]:
     """Yield ``[b, U]`` max-over-tokens responses batch by batch (units ordered component, layer, unit).
 
-    Padding and special tokens (BOS) never contribute to the max. The forward pass stops after the last
-    decoder layer (no LM head), through the base model when there is one.
+    Recorded by :func:`interventions.activations.record` (``reduce="max"`` over :func:`tokenize`'s ``token_mask``):
+    padding and special tokens (BOS) never contribute to the max. The forward runs through the decoder stack (no
+    LM head) and stops once the last unit block is recorded.
     """
     from tqdm.auto import tqdm
 
-    mods = unit_modules(model, components)
-    store: dict[int, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-
-    def make_hook(j):
-        def hook(module, args, kwargs):
-            h = _module_input(args, kwargs)  # [b, t, width]
-            mask = state["mask"]
-            store[j] = h.float().masked_fill(~mask[..., None], float("-inf")).amax(1)
-        return hook
-
-    handles = [m.register_forward_pre_hook(make_hook(j), with_kwargs=True) for j, (_, _, m) in enumerate(mods)]
+    unit_modules(model, components)  # refuses a component without units
     body = decoder_stack(model)  # the decoder without the LM head
     device = next(model.parameters()).device
-    try:
-        bar = tqdm(range(0, len(texts), batch_size), desc="unit responses", disable=not progress)
-        for start in bar:
+    with record(model, range(len(decoder_layers(model))), components, reduce="max") as recorder:
+        for start in tqdm(range(0, len(texts), batch_size), desc="unit responses", disable=not progress):
             # token_mask: no padding, no special tokens (unless a text has only those); positions from the mask
             enc = tokenize(tokenizer, texts[start:start + batch_size], device, max_length=max_length)
-            state["mask"] = enc.pop("token_mask")
-            store.clear()
-            with torch.no_grad():
-                body(**enc)
-            yield torch.cat([store[j] for j in range(len(mods))], dim=1).cpu()
-    finally:
-        for h in handles:
-            h.remove()
+            mask = enc.pop("token_mask")
+            yield torch.cat(recorder.run(body, mask=mask, **enc), dim=1).cpu()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -26,6 +26,11 @@ class PrefixCache:
     Meant for the small ``extract`` item sets of a sweep, not for whole benchmarks. The keys/values are
     kept (not only their shapes) although no replayed layer reads them: a model whose later layers
     share an earlier layer's cache would read them.
+
+    Why not :func:`interventions.activations.record`: that recorder keeps one forward's tensor per site for
+    reading; this keeps every decoder call of a scorer's run (a forward it does not drive), each layer's raw
+    return value (tuple or tensor, model dtype, to be returned again as is) and the KV-cache updates, which are
+    not activations; replay swaps layer forwards, which hooks cannot do.
     """
 
     def __init__(self, model, layers: Sequence[int]):
