@@ -17,8 +17,8 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from .config import CLOConfig
-from .data import parallel_sentences, preference_examples, to_dataset
-from .training import finish, load_for_training, lora_config, run_training, trainer_arguments
+from .data import preference_examples, to_dataset
+from .training import data_record, finish, lora_config, run_training, start_training, trainer_arguments
 
 
 class CLOCollator(DataCollatorForPreference):
@@ -89,10 +89,7 @@ def train_clo(config: CLOConfig, output_dir: str | Path, *, model=None, tokenize
     """Train a CLO LoRA adapter into ``output_dir``; returns the adapter directory."""
     from trl import DPOConfig
 
-    if not isinstance(config, CLOConfig):
-        raise ValueError(f"config: expected CLOConfig, got {type(config).__name__}")
-    model, tokenizer = load_for_training(config, model, tokenizer)
-    parallel = parallel_sentences(config.languages, config.held_out, config.max_sentences)
+    model, tokenizer, parallel = start_training(config, CLOConfig, model, tokenizer)
     rows = preference_examples(parallel)
     dataset = to_dataset(rows, config.seed).select_columns(["prompt", "chosen", "rejected", "nll"])
     args = DPOConfig(**trainer_arguments(config, output_dir), max_length=config.max_length, beta=config.beta,
@@ -101,7 +98,5 @@ def train_clo(config: CLOConfig, output_dir: str | Path, *, model=None, tokenize
     trainer = CLOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          data_collator=collator, peft_config=lora_config(config), nll_weight=config.nll_weight)
     wall = run_training(trainer, output_dir, resume)
-    data_info = {"source": "FLORES-200 dev", "n_sentences": len(parallel["en"]), "n_train_examples": len(rows),
-                 "n_nll_pairs": int(sum(r["nll"] for r in rows)),
-                 "languages": {lang: len(parallel[lang]) for lang in config.languages}}
+    data_info = data_record(config, parallel, rows, n_nll_pairs=int(sum(r["nll"] for r in rows)))
     return finish(trainer, config, output_dir, data_info, wall)

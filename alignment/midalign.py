@@ -24,8 +24,8 @@ from transformers import Trainer, TrainingArguments
 from interventions.activations import pool, record
 
 from .config import MidAlignConfig
-from .data import pair_examples, parallel_sentences, to_dataset
-from .training import finish, load_for_training, lora_config, run_training, trainer_arguments
+from .data import pair_examples, to_dataset
+from .training import data_record, finish, lora_config, run_training, start_training, trainer_arguments
 
 
 def info_nce(source: torch.Tensor, target: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -154,14 +154,11 @@ def train_midalign(config: MidAlignConfig, output_dir: str | Path, *, model=None
     """Train a MidAlign LoRA adapter into ``output_dir``; returns the adapter directory."""
     from peft import get_peft_model
 
-    if not isinstance(config, MidAlignConfig):
-        raise ValueError(f"config: expected MidAlignConfig, got {type(config).__name__}")
-    model, tokenizer = load_for_training(config, model, tokenizer)
+    model, tokenizer, parallel = start_training(config, MidAlignConfig, model, tokenizer)
     n_layers = model.config.get_text_config().num_hidden_layers
     layer = n_layers // 2 if config.layer is None else config.layer
     if not 0 <= layer < n_layers:
         raise ValueError(f"MidAlignConfig.layer: expected 0 <= layer < {n_layers}, got {layer}")
-    parallel = parallel_sentences(config.languages, config.held_out, config.max_sentences)
     rows = pair_examples(parallel)
     dataset = to_dataset(rows, config.seed).map(_tokenize(tokenizer, config.max_length),
                                                 remove_columns=["text", "source", "target", "language", "index"])
@@ -172,6 +169,4 @@ def train_midalign(config: MidAlignConfig, output_dir: str | Path, *, model=None
                               layer=layer, temperature=config.temperature, alignment_weight=config.alignment_weight,
                               center=config.center)
     wall = run_training(trainer, output_dir, resume)
-    data_info = {"source": "FLORES-200 dev", "n_sentences": len(parallel["en"]), "n_train_examples": len(rows),
-                 "layer": layer, "languages": {lang: len(parallel[lang]) for lang in config.languages}}
-    return finish(trainer, config, output_dir, data_info, wall)
+    return finish(trainer, config, output_dir, data_record(config, parallel, rows, layer=layer), wall)

@@ -1,5 +1,6 @@
-"""Pieces every alignment trainer shares: model loading, LoRA config, Trainer arguments,
-checkpoint resume, and writing the finished adapter directory."""
+"""Pieces every alignment trainer shares: the start (config check, model loading, FLORES dev parallel
+sentences), LoRA config, Trainer arguments, checkpoint resume, the data record, and writing the finished
+adapter directory."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from interventions.provenance import versions
 
 from .adapters import write_metadata, write_model_card
 from .config import AlignmentConfig
+from .data import parallel_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,22 @@ def load_for_training(config: AlignmentConfig, model=None, tokenizer=None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def start_training(config: AlignmentConfig, config_class: type, model=None, tokenizer=None):
+    """``(model, tokenizer, parallel)``: ``config`` checked to be a ``config_class``, the model and tokenizer
+    (:func:`load_for_training`) and the FLORES dev parallel sentences of its languages (held-out tail removed)."""
+    if not isinstance(config, config_class):
+        raise ValueError(f"config: expected {config_class.__name__}, got {type(config).__name__}")
+    model, tokenizer = load_for_training(config, model, tokenizer)
+    return model, tokenizer, parallel_sentences(config.languages, config.held_out, config.max_sentences)
+
+
+def data_record(config: AlignmentConfig, parallel: dict[str, list[str]], rows: list[dict], **extra) -> dict:
+    """The ``data`` entry of ``training_metadata.json``: source, sentence and example counts, per-language
+    sentence counts, plus the method's own ``extra`` fields."""
+    return {"source": "FLORES-200 dev", "n_sentences": len(parallel["en"]), "n_train_examples": len(rows), **extra,
+            "languages": {lang: len(parallel[lang]) for lang in config.languages}}
 
 
 def lora_config(config: AlignmentConfig):

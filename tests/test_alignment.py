@@ -237,6 +237,27 @@ def test_midalign_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
     assert kinds == [True, False, True, False]
 
 
+@pytest.mark.parametrize("method, wrong", [("multilingual_sft", CLOConfig), ("midalign", CLOConfig),
+                                           ("clo", MidAlignConfig)])
+def test_each_trainer_refuses_another_methods_config_before_loading(method, wrong, tmp_path):
+    from alignment.clo import train_clo
+    from alignment.midalign import train_midalign
+    from alignment.sft import train_multilingual_sft
+
+    trainer = {"multilingual_sft": train_multilingual_sft, "midalign": train_midalign, "clo": train_clo}[method]
+    with pytest.raises(ValueError, match=f"config: expected .*, got {wrong.__name__}"):
+        trainer(wrong(model="no-such-model"), tmp_path)  # refused before the (unloadable) model is touched
+
+
+def test_data_record_counts_sentences_examples_and_languages():
+    from alignment.training import data_record
+
+    parallel = {"en": ["a", "b", "c"], "ko": ["x", "y", "z"], "es": ["p", "q", "r"]}
+    record = data_record(config_for("clo", languages=["ko", "es"]), parallel, [{}] * 12, n_nll_pairs=6)
+    assert record == {"source": "FLORES-200 dev", "n_sentences": 3, "n_train_examples": 12, "n_nll_pairs": 6,
+                      "languages": {"ko": 3, "es": 3}}
+
+
 def test_load_adapter_refuses_a_directory_without_an_adapter(tmp_path):
     with pytest.raises(ValueError, match="adapter_config.json"):
         load_adapter(torch.nn.Linear(2, 2), tmp_path)
