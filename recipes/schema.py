@@ -189,9 +189,9 @@ class ExpertsConfig:
     """FLORES devtest sentences per language for retrieval before/after (0: no retrieval report)."""
     bins: int = 512
     """Histogram bins per unit for the streaming AP."""
-    side_effects: bool = False
-    """Also measure script share of continuations and held-out perplexity before/after, for every set at every k
-    of ks."""
+    side_effects: Union[bool, list[int]] = False
+    """Also measure script share of continuations and held-out perplexity before/after, for every set: at every k
+    of ks (true), or at the listed ks only (e.g. [10]: the sweep's side effects at one k cost a fraction of every k)."""
 
     def __post_init__(self):
         """Single-field rules of the section (types are checked by :func:`_build`)."""
@@ -207,6 +207,12 @@ class ExpertsConfig:
         for i, k in enumerate(self.ks or []):
             if isinstance(k, int) and k < 1:
                 raise RecipeError(f"experts.ks[{i}]", f"expected an int >= 1, got {k}")
+        if isinstance(self.side_effects, list):
+            allowed = self.ks if self.ks is not None else [self.k]
+            stray = [k for k in self.side_effects if not isinstance(k, bool) and k not in allowed]
+            if not self.side_effects or stray:
+                raise RecipeError("experts.side_effects", f"expected true, false or a non-empty list of ks among "
+                                                          f"{allowed}, got {self.side_effects}")
         if isinstance(self.controls, list) and len(set(self.controls)) != len(self.controls):
             raise RecipeError("experts.controls", f"expected a list without duplicates, got {self.controls}")
         if not self.components or len(set(self.components)) != len(self.components):

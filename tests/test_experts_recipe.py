@@ -79,7 +79,7 @@ def test_shipped_experts_recipe_dry_run(tmp_path, capsys):
     assert x["languages"] == ["ar", "es", "id", "ko", "zh"] and x["ks"] == [5, 10, 20, 50]
     assert x["apply_to"] == ["source", "both"] and x["components"] == ["mlp_hidden", "attention_heads"]
     assert x["separate_components"] and x["controls"] == ["random", "variance"]
-    assert x["n"] == 200 and x["retrieval_n"] == 200 and x["side_effects"]
+    assert x["n"] == 200 and x["retrieval_n"] == 200 and x["side_effects"] == [10]
     assert not plan.stages["alignment"].active and not (tmp_path / "run").exists()
 
 
@@ -197,3 +197,36 @@ def test_stage_refuses_unmatchable_controls_before_finding(tmp_path, monkeypatch
     with pytest.raises(RecipeError) as err:
         STAGE_FUNCTIONS["experts"](ctx, plan.stages["experts"], tmp_path / "out")
     assert err.value.field == "experts.ks" and "needs >= 80 per block" in err.value.message
+
+
+def test_side_effects_at_listed_ks_only():
+    from recipes.experts_stage import _side_effect_ks
+
+    with pytest.raises(RecipeError, match=r"experts\.side_effects.*\[5, 10\].*\[20\]"):
+        recipe_from_dict({"experts": {"enabled": True, "ks": [5, 10], "side_effects": [20]}})
+    with pytest.raises(RecipeError, match=r"experts\.side_effects"):
+        recipe_from_dict({"experts": {"enabled": True, "k": 10, "side_effects": []}})
+    recipe_from_dict({"experts": {"enabled": True, "k": 10, "side_effects": [10]}})  # ks default to [k]
+    assert _side_effect_ks([10, 5, 10], [5, 10, 20]) == [5, 10]
+    assert _side_effect_ks(True, [5, 10]) == [5, 10] and _side_effect_ks(False, [5, 10]) == []
+
+
+def test_shipped_recipe_plans_the_readme_command(tmp_path):
+    """`python -m recipes.run experts` and the README's `python -m evaluate.experts report ...` line plan the same
+    forward passes (languages, pools, controls, ks, modes, n, side-effect ks)."""
+    from evaluate.experts import _parser
+    from evaluate.experts_eval import planned_passes
+    from recipes.experts_stage import _side_effect_ks
+
+    x = make_plan(load_recipe(SHIPPED), tmp_path).stages["experts"].config
+    contrast = x["contrast"]
+    recipe = planned_passes(len(x["languages"]), len(x["components"]) if x["separate_components"] else 1,
+                            x["controls"], x["ks"], x["apply_to"], x["retrieval_n"], x["n"], len(contrast),
+                            _side_effect_ks(x["side_effects"], x["ks"]))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    line = next(l for l in readme.splitlines() if l.startswith("python -m evaluate.experts report --languages ar es id ko zh"))
+    args = _parser().parse_args(line.split()[3:])
+    cli = planned_passes(len(args.languages), len(args.components) if args.per_component else 1, args.controls,
+                         sorted(set(args.ks)), args.apply_to, args.retrieval_n, args.n,
+                         len(dict.fromkeys(args.contrast + args.languages)), args.side_effect_ks)
+    assert recipe == cli and recipe["retrieval_steered"] == 48_000
