@@ -8,23 +8,20 @@ per language; the random-direction controls are drawn hollow, the model alone si
 
 from __future__ import annotations
 
-import io
-import math
 from pathlib import Path
 
-import matplotlib
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from .crossfit_stats import NONINFERIORITY_MARGIN  # noqa: E402
-from .generations import render_generations  # noqa: E402
-from .stats import format_p  # noqa: E402
+from .crossfit_stats import NONINFERIORITY_MARGIN
+from .generations import render_generations
+from .plots import facet_axes, figure_legend, save_figure
+from .report import markdown_table, number
+from .stats import format_p
 
 
-def _n(x, fmt: str = "+.3f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+def _d(x) -> str:
+    """A signed difference (``n/a`` for None and NaN)."""
+    return number(x, "+.3f")
 
 
 def _points(results: dict) -> dict[tuple[str, str], dict]:
@@ -41,12 +38,9 @@ def plot_crossfit_plane(results: dict, path: Path) -> Path | None:
     variants = sorted({v for v, _ in points if "+" in v})
     if not variants:
         return None
-    sns.set_theme(style="whitegrid", context="notebook")
-    ncol = min(3, len(facets))
-    nrow = math.ceil(len(facets) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 4.0 * nrow), squeeze=False)
+    fig, axes = facet_axes(len(facets), 3, (4.4, 4.0))
     colors = dict(zip(variants, sns.color_palette("colorblind", len(variants))))
-    for ax, facet in zip(axes.flat, facets):
+    for ax, facet in zip(axes, facets):
         for v in variants:
             p = points.get((v, facet), {})
             t, loc = p.get("transfer"), p.get("localization")
@@ -64,58 +58,42 @@ def plot_crossfit_plane(results: dict, path: Path) -> Path | None:
         ax.set_title(facet)
         ax.set_xlabel("transfer margin vs model alone (nats)")
         ax.set_ylabel("localization margin vs model alone (nats)")
-    for ax in list(axes.flat)[len(facets):]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.06))
+    figure_legend(fig, axes[0], 4, loc="lower center", bbox_to_anchor=(0.5, -0.06))
     fig.suptitle("Out-of-fold transfer-localization plane (95% CIs; hollow: random-direction controls)")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    Path(path).write_bytes(buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path, dpi=110)
 
 
 def tests_table(results: dict) -> str:
-    lines = ["| test | claim | compared | n | estimate [95% CI] | p | p (Holm) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for t in results["tests"]:
-        ci = (f" [{_n(t.get('ci_low'))}, {_n(t.get('ci_high'))}]" if t.get("ci_low") is not None else "")
-        lines.append(f"| {t['test']} | {t['claim']} | {t.get('compared') or t.get('outcome', '')} | {t.get('n', 0)} "
-                     f"| {_n(t.get('estimate'))}{ci} | {format_p(t.get('p'))} | {format_p(t.get('p_holm'))} "
-                     f"| {t['verdict']} |")
-    return "\n".join(lines)
+        ci = f" [{_d(t.get('ci_low'))}, {_d(t.get('ci_high'))}]" if t.get("ci_low") is not None else ""
+        rows.append([t["test"], t["claim"], t.get("compared") or t.get("outcome", ""), t.get("n", 0),
+                     f"{_d(t.get('estimate'))}{ci}", format_p(t.get("p")), format_p(t.get("p_holm")), t["verdict"]])
+    return markdown_table(["test", "claim", "compared", "n", "estimate [95% CI]", "p", "p (Holm)", "verdict"], rows)
 
 
 def plane_table(results: dict, language: str = "pooled") -> str:
-    lines = ["| variant | axis | n | margin [95% CI] | accuracy [95% CI] | margin vs model alone [95% CI] | p |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results["plane"]:
-        if r["language"] != language:
-            continue
-        diff = (f"{_n(r.get('margin_diff'))} [{_n(r.get('margin_diff_ci_low'))}, {_n(r.get('margin_diff_ci_high'))}]"
-                if r.get("margin_diff") is not None else "")
-        lines.append(f"| {r['variant']} | {r['axis']} | {r['n']} | {_n(r['margin'], '.3f')} "
-                     f"[{_n(r['margin_ci_low'], '.3f')}, {_n(r['margin_ci_high'], '.3f')}] | {_n(r['accuracy'], '.3f')} "
-                     f"[{_n(r['accuracy_ci_low'], '.3f')}, {_n(r['accuracy_ci_high'], '.3f')}] | {diff} "
-                     f"| {format_p(r.get('p_margin_diff'))} |")
-    return "\n".join(lines)
+    def ci(r: dict, key: str) -> str:
+        return f"{number(r[key])} [{number(r[key + '_ci_low'])}, {number(r[key + '_ci_high'])}]"
+
+    rows = [[r["variant"], r["axis"], r["n"], ci(r, "margin"), ci(r, "accuracy"),
+             f"{_d(r['margin_diff'])} [{_d(r.get('margin_diff_ci_low'))}, {_d(r.get('margin_diff_ci_high'))}]"
+             if r.get("margin_diff") is not None else "", format_p(r.get("p_margin_diff"))]
+            for r in results["plane"] if r["language"] == language]
+    return markdown_table(["variant", "axis", "n", "margin [95% CI]", "accuracy [95% CI]",
+                           "margin vs model alone [95% CI]", "p"], rows)
 
 
 def selections_table(results: dict) -> str:
-    lines = ["| model | language | EN: modal choice (folds) | LOC: modal choice (folds) | items (transfer / localization) |",
-             "|---|---|---|---|---|"]
-    for run, langs in results["selections"].items():
-        for lang, modal in langs.items():
-            cells = []
-            for w in ("en", "loc"):
-                m = modal[w]
-                where = f"layer {m['layer']}, alpha {m['alpha']:g}" if m["steered"] else "unsteered"
-                cells.append(f"{where} ({m['folds']}/{m['n_folds']})")
-            n = results["n_items"][run][lang]
-            lines.append(f"| {run} | {lang} | {cells[0]} | {cells[1]} | {n['transfer']} / {n['localization']} |")
-    return "\n".join(lines)
+    def choice(m: dict) -> str:
+        where = f"layer {m['layer']}, alpha {m['alpha']:g}" if m["steered"] else "unsteered"
+        return f"{where} ({m['folds']}/{m['n_folds']})"
+
+    rows = [[run, lang, choice(modal["en"]), choice(modal["loc"]),
+             f"{results['n_items'][run][lang]['transfer']} / {results['n_items'][run][lang]['localization']}"]
+            for run, langs in results["selections"].items() for lang, modal in langs.items()]
+    return markdown_table(["model", "language", "EN: modal choice (folds)", "LOC: modal choice (folds)",
+                           "items (transfer / localization)"], rows)
 
 
 def render_crossfit_report(results: dict, title: str, figure: str | None) -> str:

@@ -46,6 +46,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from evaluate.experts_eval import LAYER_SUMMARIES
+from evaluate.report import markdown_table
 from evaluate.stats import holm, stratified_paired_bootstrap
 
 ALPHA = 0.05
@@ -157,24 +158,20 @@ def side_effect_price(effects: Sequence[dict]) -> list[dict]:
 
 def format_tests(tests: Sequence[dict]) -> str:
     """Markdown table of one family: pooled difference, Holm p, verdict, per-language differences."""
-    lines = ["| pool | apply to | k | direction | summary | experts top-1 | control top-1 | experts - control "
-             "[95% CI] | Holm p | per language: difference [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in tests:
-        per = "; ".join(f"{lang} {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
-                        for lang, c in r["per_language"].items())
-        lines.append(f"| {r['pool']} | {r['apply_to']} | {r['k']} | {r['direction']} | {r['summary']} | "
-                     f"{r['experts_top1']:.3f} | {r['control_top1']:.3f} | {r['diff']:+.3f} [{r['ci'][0]:+.3f}, "
-                     f"{r['ci'][1]:+.3f}] | {r['p_holm']:.3g} | {per} |")
-    return "\n".join(lines)
+    def diff(c: Mapping) -> str:
+        return f"{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+
+    rows = [[r["pool"], r["apply_to"], r["k"], r["direction"], r["summary"], f"{r['experts_top1']:.3f}",
+             f"{r['control_top1']:.3f}", diff(r), f"{r['p_holm']:.3g}",
+             "; ".join(f"{lang} {diff(c)}" for lang, c in r["per_language"].items())] for r in tests]
+    return markdown_table(["pool", "apply to", "k", "direction", "summary", "experts top-1", "control top-1",
+                           "experts - control [95% CI]", "Holm p", "per language: difference [95% CI]"], rows)
 
 
 def format_price(price: Sequence[dict]) -> str:
     """Markdown table of the side-effect price per (pool, k, set), pooled and per language."""
-    lines = ["| pool | k | set | perplexity after/before (geo. mean) | script share change (mean) | per language: "
-             "perplexity ratio, script share change |", "|---|---|---|---|---|---|"]
-    for r in price:
-        per = "; ".join(f"{lang} x{v['perplexity_ratio']:.2f}, {v['script_share_change']:+.2f}"
-                        for lang, v in r["per_language"].items())
-        lines.append(f"| {r['pool']} | {r['k']} | {r['set']} | x{r['perplexity_ratio']:.2f} | "
-                     f"{r['script_share_change']:+.3f} | {per} |")
-    return "\n".join(lines)
+    rows = [[r["pool"], r["k"], r["set"], f"x{r['perplexity_ratio']:.2f}", f"{r['script_share_change']:+.3f}",
+             "; ".join(f"{lang} x{v['perplexity_ratio']:.2f}, {v['script_share_change']:+.2f}"
+                       for lang, v in r["per_language"].items())] for r in price]
+    return markdown_table(["pool", "k", "set", "perplexity after/before (geo. mean)", "script share change (mean)",
+                           "per language: perplexity ratio, script share change"], rows)

@@ -24,11 +24,32 @@ from interventions.fsutil import atomic_write  # noqa: E402
 from .outputs import HEADLINE, MEAN  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def facet_axes(n: int, max_cols: int, size: tuple[float, float]):
+    """``(fig, axes)``: ``n`` facets (seaborn whitegrid) in rows of at most ``max_cols``, each ``size`` inches; the
+    grid's cells beyond ``n`` are hidden and ``axes`` lists the ``n`` in use."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    ncol = min(max_cols, n)
+    nrow = math.ceil(n / ncol)
+    fig, grid = plt.subplots(nrow, ncol, figsize=(size[0] * ncol, size[1] * nrow), squeeze=False)
+    for ax in list(grid.flat)[n:]:
+        ax.set_visible(False)
+    return fig, list(grid.flat)[:n]
+
+
+def figure_legend(fig, ax, max_cols: int, **where) -> None:
+    """One legend for the figure from ``ax``'s labelled artists (none when it has none), ``where`` placing it."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, ncol=min(len(labels), max_cols), **where)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically and close it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     atomic_write(path, buf.getvalue())
+    return Path(path)
 
 
 def _palette(variants):
@@ -47,13 +68,10 @@ def plot_plane(results: dict, path: Path) -> Path | None:
                                        for v in variants)]
     if not facets:
         return None
-    sns.set_theme(style="whitegrid", context="notebook")
-    ncol = min(3, len(facets))
-    nrow = math.ceil(len(facets) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False)
+    fig, axes = facet_axes(len(facets), 3, (4.2, 3.8))
     colors = _palette(variants)
     markers = ["o", "s", "D", "^", "v", "P", "X", "*"]
-    for ax, facet in zip(axes.flat, facets):
+    for ax, facet in zip(axes, facets):
         for k, v in enumerate(variants):
             p = points.get((v, facet), {})
             if not {"transfer_score", "localization_score"} <= set(p):
@@ -70,15 +88,10 @@ def plot_plane(results: dict, path: Path) -> Path | None:
         ax.set_ylabel("localization_score")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
-    for ax in list(axes.flat)[len(facets):]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 0.965))
+    figure_legend(fig, axes[0], 5, loc="upper center", bbox_to_anchor=(0.5, 0.965))
     fig.suptitle("transfer-localization plane (95% CI; dashed = chance)", y=1.0)
-    _save(fig, path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_tasks(results: dict, path: Path) -> Path | None:
@@ -89,13 +102,10 @@ def plot_tasks(results: dict, path: Path) -> Path | None:
         return None
     variants = [v["name"] for v in results["variants"]]
     tasks = [t for t in results["config"]["tasks"] if any(r["task"] == t for r in rows)]
-    sns.set_theme(style="whitegrid", context="notebook")
-    ncol = min(2, len(tasks))
-    nrow = math.ceil(len(tasks) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 3.4 * nrow), squeeze=False)
+    fig, axes = facet_axes(len(tasks), 2, (6.5, 3.4))
     colors = _palette(variants)
     width = 0.8 / len(variants)
-    for ax, task in zip(axes.flat, tasks):
+    for ax, task in zip(axes, tasks):
         trs = [r for r in rows if r["task"] == task]
         langs = [lang for lang in [*results["config"]["languages"], "en"] if any(r["language"] == lang for r in trs)]
         langs = list(dict.fromkeys(langs))
@@ -117,18 +127,13 @@ def plot_tasks(results: dict, path: Path) -> Path | None:
                                       ("baseline_fewer_tokens", "-.", "fewer tokens")):
                 if first.get(key) is not None:
                     ax.hlines(first[key], i - 0.45, i + 0.45, colors="grey", linestyles=style, lw=1,
-                              label=label if i == 0 and ax is axes.flat[0] else None)
+                              label=label if i == 0 and ax is axes[0] else None)
         ax.set_xticks(range(len(langs)), langs)
         ax.set_ylim(0, 1)
         ax.set_title(f"{task}: {HEADLINE[kinds[task]]}")
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.0))
-    _save(fig, path)
-    return path
+    figure_legend(fig, axes[0], 5, loc="upper center", bbox_to_anchor=(0.5, 1.0))
+    return save_figure(fig, path)
 
 
 def plot_all(results: dict, out_dir: Path) -> dict[str, str]:

@@ -6,9 +6,23 @@ significant against the base; which cells are above chance), so it never says mo
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Sequence
+
 from .generations import render_generations
 from .outputs import HEADLINE, MEAN
 from .stats import LEVEL, format_p
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table: the header, its separator line (one ``---`` per column) and one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def number(x, fmt: str = ".3f") -> str:
+    """``x`` formatted, or ``n/a`` for None and NaN."""
+    return "n/a" if x is None or x != x else format(x, fmt)
 
 
 def _ci(r: dict) -> str:
@@ -21,15 +35,11 @@ def _mark(r: dict) -> str:
     return "yes" if r.get("above_chance") else "no"
 
 
-def _num(x, fmt: str = ".3f") -> str:
-    return "n/a" if x is None or x != x else format(x, fmt)
-
-
 def _refs(r: dict | None) -> str:
     """chance / majority / fewer-tokens of a row, the numbers its value has to beat."""
     if not r:
         return ""
-    return " / ".join(_num(r.get(k)) for k in ("chance", "baseline_majority", "baseline_fewer_tokens"))
+    return " / ".join(number(r.get(k)) for k in ("chance", "baseline_majority", "baseline_fewer_tokens"))
 
 
 def _cells(results: dict) -> dict[tuple, dict]:
@@ -40,15 +50,15 @@ def _cells(results: dict) -> dict[tuple, dict]:
 
 
 def plane_table(results: dict) -> str:
-    lines = ["| variant | language | transfer_score [95% CI] | above chance | chance / majority / fewer tokens | "
-             "localization_score [95% CI] | above chance | chance / majority / fewer tokens | "
-             "transfer_score_on_gap [95% CI] (n) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for (variant, lang), c in _cells(results).items():
         t, loc, gap = c.get("transfer_score"), c.get("localization_score"), c.get("transfer_score_on_gap")
-        lines.append(f"| {variant} | {lang} | {_ci(t) if t else 'n/a'} | {_mark(t) if t else ''} | {_refs(t)} | "
-                     f"{_ci(loc) if loc else 'n/a'} | {_mark(loc) if loc else ''} | {_refs(loc)} | "
-                     f"{_ci(gap) + ' (' + str(gap['n']) + ')' if gap else 'n/a'} |")
-    return "\n".join(lines)
+        rows.append([variant, lang, _ci(t) if t else "n/a", _mark(t) if t else "", _refs(t),
+                     _ci(loc) if loc else "n/a", _mark(loc) if loc else "", _refs(loc),
+                     f"{_ci(gap)} ({gap['n']})" if gap else "n/a"])
+    return markdown_table(["variant", "language", "transfer_score [95% CI]", "above chance",
+                           "chance / majority / fewer tokens", "localization_score [95% CI]", "above chance",
+                           "chance / majority / fewer tokens", "transfer_score_on_gap [95% CI] (n)"], rows)
 
 
 def _diff(r: dict | None) -> str:
@@ -61,28 +71,22 @@ def _diff(r: dict | None) -> str:
 def margin_table(results: dict) -> str:
     """The primary outcome: mean log-prob margin per (variant, language), paired difference vs the base."""
     base = results["variants"][0]["name"]
-    lines = ["| variant | language | transfer_margin [95% CI] | diff vs " + base + " [95% CI] | "
-             "localization_margin [95% CI] | diff vs " + base + " [95% CI] |", "|---|---|---|---|---|---|"]
-    for (variant, lang), c in _cells(results).items():
-        t, loc = c.get("transfer_margin"), c.get("localization_margin")
-        if not (t or loc):
-            continue
-        f = (lambda r: f"{r['value']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r else "n/a")
-        lines.append(f"| {variant} | {lang} | {f(t)} | {_diff(t)} | {f(loc)} | {_diff(loc)} |")
-    return "\n".join(lines)
+    f = (lambda r: f"{r['value']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r else "n/a")
+    rows = [[variant, lang, f(t), _diff(t), f(loc), _diff(loc)]
+            for (variant, lang), c in _cells(results).items()
+            for t, loc in [(c.get("transfer_margin"), c.get("localization_margin"))] if t or loc]
+    return markdown_table(["variant", "language", "transfer_margin [95% CI]", f"diff vs {base} [95% CI]",
+                           "localization_margin [95% CI]", f"diff vs {base} [95% CI]"], rows)
 
 
 def metrics_table(results: dict) -> str:
     base = results["variants"][0]["name"]
-    lines = ["| variant | task | language | cue | metric | value [95% CI] | n | chance | majority | fewer tokens | "
-             f"p vs chance | diff vs {base} | p vs {base} |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results["metrics"]:
-        diff = f"{r['diff_vs_base']:+.3f}" if "diff_vs_base" in r else ""
-        lines.append(f"| {r['variant']} | {r['task']} | {r['language']} | {r['cue'] or '-'} | {r['metric']} | "
-                     f"{_ci(r)} | {r['n']} | {_num(r.get('chance'))} | {_num(r.get('baseline_majority'))} | "
-                     f"{_num(r.get('baseline_fewer_tokens'))} | {format_p(r.get('p_vs_chance'))} | {diff} | "
-                     f"{format_p(r.get('p_vs_base')) if 'p_vs_base' in r else ''} |")
-    return "\n".join(lines)
+    rows = [[r["variant"], r["task"], r["language"], r["cue"] or "-", r["metric"], _ci(r), r["n"],
+             number(r.get("chance")), number(r.get("baseline_majority")), number(r.get("baseline_fewer_tokens")),
+             format_p(r.get("p_vs_chance")), f"{r['diff_vs_base']:+.3f}" if "diff_vs_base" in r else "",
+             format_p(r.get("p_vs_base")) if "p_vs_base" in r else ""] for r in results["metrics"]]
+    return markdown_table(["variant", "task", "language", "cue", "metric", "value [95% CI]", "n", "chance",
+                           "majority", "fewer tokens", "p vs chance", f"diff vs {base}", f"p vs {base}"], rows)
 
 
 def read_plane(results: dict) -> str:
