@@ -214,9 +214,10 @@ def test_steering_vector_alpha_in_the_vectors_own_units():
     """alpha = 1 adds exactly the mean difference (mean_difference vectors: coefficient == alpha)."""
     sv = V.SteeringVectors("en_transfer_ko", torch.ones(4, 32), [0, 1, 2, 3], torch.full((4,), 10.0),
                            {"method": "mean_difference"})
-    assert torch.equal(sv.alpha_scale, torch.ones(4)) and sv.positions == "all"
+    assert torch.equal(sv.alpha_scale, torch.ones(4))
     inter = sv.intervention(2, alpha=0.5)
     assert inter.layer == 2 and inter.component == "block_output" and inter.coefficient == 0.5
+    assert inter.positions == "all"  # vectors built without positions steer every position
     assert inter.source["alpha"] == 0.5 and inter.source["coefficient"] == 0.5 and inter.source["alpha_scale"] == 1.0
     assert "mean difference" in inter.source["alpha_definition"]
     assert sv.intervention(1, coefficient=2.0).source["alpha"] == 2.0  # an absolute coefficient is also in alpha
