@@ -313,10 +313,7 @@ def find_experts(model, tokenizer, texts: Mapping[str, Sequence[str]], *, target
 
 
 def unit_widths(model, components: Sequence[str]) -> list[int]:
-    """Number of units of every (component, layer) block: the input width of its projection."""
-    widths = []
-    for _, _, m in unit_modules(model, components):
-        base = getattr(m, "base_layer", m)  # a PEFT LoRA wrapper keeps the projection as base_layer
-        w = getattr(base, "in_features", None)
-        widths.append(int(w) if w is not None else int(base.weight.shape[0]))  # Conv1D (gpt2): weight [in, out]
-    return widths
+    """Number of units of every (component, layer) block: the input width of its projection, as
+    :func:`interventions.components.resolve` (what steering hooks) gives it."""
+    unit_modules(model, components)  # the same component check
+    return [resolve(model, c, i).width for c in components for i in range(len(decoder_layers(model)))]
