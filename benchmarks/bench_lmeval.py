@@ -14,6 +14,7 @@ own venv (``bash benchmarks/lmeval_env.sh`` builds ``.venv-lmeval/``) as a subpr
 
     bash benchmarks/lmeval_env.sh
     python benchmarks/bench_lmeval.py --out benchmarks/results/lmeval --limit 200 --batch-size 16 --threads 2
+    python benchmarks/bench_lmeval.py --out benchmarks/results/lmeval_5shot --limit 200 --batch-size 8 --threads 2 --fewshot 5
     python benchmarks/bench_lmeval.py --model /tmp/tiny-gemma --limit 12 --out /tmp/bench-lmeval   # a saved model
 
 ``--model``: ``gemma-3-270m`` (default; the converted folder under ~/.cache/surgical_steering/, see
@@ -26,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -75,6 +77,30 @@ def sample_items(limit: int, seed: int = 0, tasks: list[str] | None = None) -> l
         chosen = [min(its, key=lambda it: (it.language != lang, it.cue != "implicit", it.id))
                   for its in members.values()]
         out.extend(sorted(chosen, key=lambda it: it.id)[: quota[(name, lang)]])
+    return out
+
+
+def fewshot_requests(items: list, shots: int, seed: int = 0) -> list[LoglikelihoodRequest]:
+    """Requests with ``shots`` demonstrations before each item's prompt, as lm-eval's ``num_fewshot`` builds them:
+    ``demo.prompt + demo answer`` for ``shots`` other items of the same task and language (drawn seeded from the
+    items' own task split, a different question group, with a known answer: gold, else local), joined by a
+    blank line, then the item's prompt; one request per candidate. ``shots=0``: :func:`requests_from_items`."""
+    if shots < 0:
+        raise ValueError(f"shots: expected an integer >= 0, got {shots!r}")
+    if not shots:
+        return requests_from_items(items)
+    out = []
+    pools: dict[tuple[str, str], list] = {}
+    for it in items:
+        pool = pools.setdefault((it.task, it.language), [
+            d for d in get_task(it.task).items(it.language, split="all")
+            if (d.gold if d.gold is not None else d.local) is not None])
+        rng = random.Random(f"{seed}\x1f{it.id}")
+        demos = [d for d in pool if group_of(d) != group_of(it)]
+        demos = rng.sample(demos, min(shots, len(demos)))
+        shown = [d.prompt + d.candidates[d.gold if d.gold is not None else d.local] for d in demos]
+        context = "\n\n".join([*shown, it.prompt])
+        out.extend(LoglikelihoodRequest(context, cand) for cand in it.candidates)
     return out
 
 
@@ -138,6 +164,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--limit", type=int, default=200, help="number of items (each candidate is one request)")
     ap.add_argument("--tasks", nargs="*", default=None, help="default: every registered task")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fewshot", type=int, default=0,
+                    help="demonstrations of the same task and language before each prompt (lm-eval's num_fewshot)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--warmup", type=int, default=4, help="requests scored once, untimed, before each timed run")
@@ -149,7 +177,7 @@ def main(argv=None) -> dict:
     model_path = str(Path(resolve_model_path(args.model)).resolve())
     args.out.mkdir(parents=True, exist_ok=True)
     items = sample_items(args.limit, seed=args.seed, tasks=args.tasks)
-    requests = requests_from_items(items)
+    requests = fewshot_requests(items, args.fewshot, seed=args.seed)
     sizes = [len(it.candidates) for it in items]
     tokenizer = load_tokenizer(model_path)
     encodings = [list(map(list, encode_request(tokenizer, r))) for r in requests]
@@ -166,7 +194,7 @@ def main(argv=None) -> dict:
     result = {
         "model": args.model, "model_path": model_path, "dtype": "float32", "device": "cpu",
         "batch_size": args.batch_size, "threads": args.threads, "threads_seen": [ours["threads"], theirs["threads"]],
-        "seed": args.seed, "limit": args.limit, "warmup": args.warmup, "n_items": len(items),
+        "seed": args.seed, "limit": args.limit, "fewshot": args.fewshot, "warmup": args.warmup, "n_items": len(items),
         "n_requests": len(requests), "longest_request_tokens": longest,
         "items_per_task_language": dict(Counter(f"{it.task}/{it.language}" for it in items)),
         "ours_s": ours["seconds"], "lmeval_s": theirs["seconds"],

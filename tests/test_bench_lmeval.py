@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.bench_lmeval import compare_results, sample_items
+from benchmarks.bench_lmeval import compare_results, fewshot_requests, sample_items
 from evaluate.requests import LoglikelihoodRequest, requests_from_items
 from evaluate.sampling import group_of
 from evaluate.tasks import get_task, list_tasks
@@ -55,3 +55,31 @@ def test_compare_results():
         compare_results(ours, theirs[:-1])
     with pytest.raises(ValueError, match="sizes"):
         compare_results(ours, theirs, sizes=[2, 2])
+
+
+def test_fewshot_requests_prepend_answered_demos_of_the_same_task_and_language():
+    items = sample_items(12, seed=0)
+    assert fewshot_requests(items, 0) == requests_from_items(items)
+    reqs = fewshot_requests(items, 3, seed=0)
+    assert len(reqs) == sum(len(it.candidates) for it in items)
+    assert [r.continuation for r in reqs] == [c for it in items for c in it.candidates]
+    start = 0
+    for it in items:
+        contexts = {r.context for r in reqs[start:start + len(it.candidates)]}
+        start += len(it.candidates)
+        assert len(contexts) == 1  # one context per item, shared by its candidates
+        context = contexts.pop()
+        assert context.endswith("\n\n" + it.prompt)  # the item's own prompt closes the context
+        rest = context[: -len("\n\n" + it.prompt)]
+        answered = {d.prompt + d.candidates[d.gold if d.gold is not None else d.local]: d
+                    for d in get_task(it.task).items(it.language, split="all")
+                    if (d.gold if d.gold is not None else d.local) is not None}
+        demos = []
+        while rest:  # the prefix is exactly three answered demos joined by blank lines
+            shown = next(p for p in sorted(answered, key=len, reverse=True) if rest.startswith(p))
+            demos.append(answered[shown])
+            rest = rest[len(shown):].removeprefix("\n\n")
+        assert len(demos) == 3 and all(group_of(d) != group_of(it) for d in demos)
+    assert fewshot_requests(items, 3, seed=0) == reqs and fewshot_requests(items, 3, seed=1) != reqs
+    with pytest.raises(ValueError, match="shots"):
+        fewshot_requests(items, -1)
