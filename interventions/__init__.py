@@ -9,6 +9,8 @@ The names below load on first use (PEP 562), so the torch-free modules of this p
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,3 +39,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps an export whose name is also a submodule's (``steer``): importing ``interventions.steer`` anywhere
+    binds the submodule to the package's ``steer`` attribute, which would turn ``from interventions import steer``
+    into the module (the eager ``from .steer import steer`` used to rebind it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

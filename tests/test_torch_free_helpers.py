@@ -50,3 +50,15 @@ def test_torch_free_modules_import_without_torch_and_exports_load_on_use():
 
     with pytest.raises(AttributeError, match="no attribute 'steering'"):
         interventions.steering
+
+
+def test_the_steer_export_stays_the_function_after_its_submodule_is_imported():
+    """Importing the submodule ``interventions.steer`` first (as evaluate/sweep.py does) must not turn
+    ``from interventions import steer`` into the module: it did, and 107 tests failed in suite order only."""
+    code = ("import interventions.steer as first, interventions.components; from interventions import steer; "
+            "import inspect, interventions; "
+            "assert inspect.isfunction(steer) and interventions.steer is steer, type(steer); "
+            "import importlib; assert importlib.import_module('interventions.steer').steer is steer; "
+            "from interventions.steer import steer as direct; assert direct is steer")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
