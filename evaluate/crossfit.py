@@ -44,9 +44,11 @@ from interventions.vectors import SteeringVectors, sentence_representations
 from .margins import item_margin
 from .scoring import score_items
 from .selection import ScoredGrid, cross_validate, fold_vectors, group_folds
+from .variants import STEERING_ROLES, crossfit_additions
 
-VARIANTS = ("base", "en", "loc", "surgical", "random_en", "random_loc", "surgical_all_positions")
-"""Out-of-fold variants, named after what is added to the model (``base``: nothing)."""
+VARIANTS = ("base", *STEERING_ROLES, *crossfit_additions())
+"""Out-of-fold variants, named after what is added to the model (``base``: nothing): the estimated vectors,
+then every addition of :data:`evaluate.variants.ADDITIONS` built from them."""
 
 
 @dataclass
@@ -234,10 +236,9 @@ def crossfit_language(model, tokenizer, data: LanguageData, settings: CrossfitSe
     for f in tqdm(sorted(by_fold["en"]), desc=f"out-of-fold variants {lang}", disable=not s.progress, unit="fold"):
         fold_items = _fold_items(items, folds, f)
         both = [(en, by_fold["en"][f]), (loc_folds[f], by_fold["loc"][f])]
-        configs = {"surgical": _interventions(model, both),
-                   "random_en": _interventions(model, both[:1], control=True, seed=s.control_seed),
-                   "random_loc": _interventions(model, both[1:], control=True, seed=s.control_seed),
-                   "surgical_all_positions": _interventions(model, both, positions="all")}
+        chosen = dict(zip(STEERING_ROLES, both))
+        configs = {name: _interventions(model, [chosen[r] for r in a.roles], positions=a.positions, control=a.control,
+                                        seed=s.control_seed) for name, a in crossfit_additions().items()}
         base = None
         for variant, config in configs.items():
             if config is None:  # nothing steered in this fold: the variant is the unsteered model

@@ -4,42 +4,16 @@ A variant name is ``<model>[+<addition>]``: ``model`` is ``base`` (no adapter) o
 adapter); ``addition`` is one of :data:`ADDITIONS`. Validation, the plan, the evaluation and the claims
 all read the typed fields (``adapter``, ``roles``, ``control``, ``positions``) instead of re-parsing names.
 
-Adding a variant is one entry in :data:`ADDITIONS`.
+Adding a variant is one entry in :data:`evaluate.variants.ADDITIONS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from evaluate.variants import ADDITIONS, Addition  # noqa: F401  (re-exported: the one table)
+
 MODELS = ("base", "cla")
-
-
-@dataclass(frozen=True)
-class Addition:
-    roles: tuple[str, ...]
-    """Intervention roles applied: ``en`` (EN-transfer), ``loc`` (LOC-cultural), ``experts``."""
-    control: bool = False
-    """Norm-matched random directions at the same layer and strength instead of the estimated vectors."""
-    positions: str | None = None
-    """Override of every vector's positions (None: each vector's own, EN prompt / LOC last token)."""
-    crossfit_only: bool = False
-    """Exists only in the out-of-fold plane (selection: auto), where a per-fold choice defines it."""
-    description: str = ""
-
-
-ADDITIONS: dict[str, Addition] = {
-    "": Addition((), description="the model alone"),
-    "en": Addition(("en",), description="EN-transfer vector"),
-    "loc": Addition(("loc",), description="LOC-cultural vector"),
-    "surgical": Addition(("en", "loc"), description="EN-transfer and LOC-cultural vectors at once"),
-    "experts": Addition(("experts",), description="language experts forced (a loaded experts directory)"),
-    "random_en": Addition(("en",), control=True, crossfit_only=True,
-                          description="random direction, norm/layer/alpha of the chosen EN vector"),
-    "random_loc": Addition(("loc",), control=True, crossfit_only=True,
-                           description="random direction, norm/layer/alpha of the chosen LOC vector"),
-    "surgical_all_positions": Addition(("en", "loc"), positions="all", crossfit_only=True,
-                                       description="Surgical with both vectors at every position (sensitivity)"),
-}
 
 VARIANT_NAMES = tuple(f"{m}+{a}" if a else m for m in MODELS for a in ADDITIONS)
 VARIANTS = VARIANT_NAMES

@@ -300,3 +300,31 @@ def test_exact_one_sided_sign_flip_by_enumeration():
     assert math.isnan(exact_one_sided_sign_flip([])["p"])
     with pytest.raises(ValueError, match="16"):
         exact_one_sided_sign_flip([1.0] * 17)
+
+
+def test_a_new_addition_is_one_table_entry(model_tok, monkeypatch):
+    """Adding a variant is one entry in evaluate.variants.ADDITIONS: the protocol scores it out of fold with
+    per-fold interventions built from its typed fields (here both vectors' norm-matched random controls), and
+    the recipe's Variant type parses it, with no other change."""
+    from evaluate import variants
+    from recipes.variants import Variant
+
+    model, tok = model_tok
+    monkeypatch.setitem(variants.ADDITIONS, "random_surgical", variants.Addition(
+        ("en", "loc"), control=True, crossfit_only=True, description="random directions of both vectors"))
+    assert "random_surgical" in variants.crossfit_additions()
+    v = Variant.parse("cla+random_surgical")
+    assert v.adapter and v.roles == ("en", "loc") and v.control and v.crossfit_only
+    applied = []
+    real_control = CF.control_intervention
+    monkeypatch.setattr(CF, "control_intervention",
+                        lambda inter, seed=0, **kw: applied.append(inter.layer) or real_control(inter, seed=seed, **kw))
+    data = _data()
+    res = CF.crossfit_language(model, tok, data, _settings())
+    by = _by_variant(res.outcomes)
+    ids = sorted(it.id for it in [*data.transfer_items, *data.localization_items])
+    assert sorted(by["random_surgical"]) == ids  # every item once, out of fold
+    assert set(by) == {*CF.VARIANTS, "random_surgical"}
+    # per fold: random_en and random_loc control one steered vector each, random_surgical both of them
+    n_steered = sum(bool(sel["steered"]) for which in ("en", "loc") for sel in res.selections[which])
+    assert n_steered > 0 and len(applied) == 2 * n_steered
