@@ -20,6 +20,7 @@ import torch
 
 from evaluate import experts_verdict as verdicts
 from evaluate.experts_eval import APPLY_TO, LAYER_SUMMARIES, SweepResult, save_hits, sweep
+from evaluate.report import markdown_table
 
 
 def write_rows(rows, path: str | Path) -> None:
@@ -56,16 +57,15 @@ def max_layer_rows(rows: list[dict]) -> list[dict]:
 def format_ratios(rows: list[dict]) -> str:
     """Markdown table: pre-registered summaries (mean over layers, middle layer), plus the post hoc max layer."""
     best = {_key(r): r for r in max_layer_rows(rows)}
-    lines = ["| pool | language | set | apply to | k | direction | layers | top-1 before | top-1 after | "
-             "ratio [95% CI] | post hoc max layer: ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    table = []
     for r in summary_rows(rows):
         where = "mean" if r["layer"] == "mean" else f"middle ({r.get('middle_layer')})"
         b = best.get(_key(r))
         post = f"{b['layer']}: {b['ratio']:.2f}" if b and r["layer"] == "mean" else ""
-        lines.append(f"| {r.get('pool', '')} | {r['language']} | {r.get('set', 'experts')} | {r.get('apply_to', '')} | "
-                     f"{r['k']} | {r['direction']} | {where} | {r['top1_before']:.3f} | {r['top1']:.3f} | "
-                     f"{r['ratio']:.2f} [{r['ratio_ci'][0]:.2f}, {r['ratio_ci'][1]:.2f}] | {post} |")
-    return "\n".join(lines)
+        table.append([*_key(r), where, f"{r['top1_before']:.3f}", f"{r['top1']:.3f}",
+                      f"{r['ratio']:.2f} [{r['ratio_ci'][0]:.2f}, {r['ratio_ci'][1]:.2f}]", post])
+    return markdown_table(["pool", "language", "set", "apply to", "k", "direction", "layers", "top-1 before",
+                           "top-1 after", "ratio [95% CI]", "post hoc max layer: ratio"], table)
 
 
 def plot_retrieval(rows: list[dict], path: str | Path) -> None:

@@ -29,6 +29,7 @@ import math
 from pathlib import Path
 from statistics import NormalDist
 
+from evaluate.report import markdown_table
 from evaluate.stats import LEVEL, format_p
 
 from .artifacts import SteeringResult
@@ -254,13 +255,11 @@ def render_claims(claims: dict) -> str:
     b = claims["layers"]
     out += [f"### (b) {b['claim']}: **{b['verdict']}**", "", b["why"] + ".", ""]
     if b["languages"]:
-        out += ["| language | EN layer (alpha) | LOC layer (alpha) |", "|---|---|---|"]
-        for r in b["languages"]:
-            def at(k):
-                layer = r.get(f"{k}_layer")
-                return "n/a" if layer is None else f"{layer} ({_fmt(r.get(f'{k}_alpha'), 2)})"
-            out.append(f"| {r['language']} | {at('en')} | {at('loc')} |")
-        out.append("")
+        def at(r, k):
+            layer = r.get(f"{k}_layer")
+            return "n/a" if layer is None else f"{layer} ({_fmt(r.get(f'{k}_alpha'), 2)})"
+        out += [markdown_table(["language", "EN layer (alpha)", "LOC layer (alpha)"],
+                               [[r["language"], at(r, "en"), at(r, "loc")] for r in b["languages"]]), ""]
     c = claims["orthogonality"]
     out += [f"### (c) {c['claim']}: **{c['verdict']}**", ""]
     if c["verdict"] == "not measured":
@@ -270,13 +269,11 @@ def render_claims(claims: dict) -> str:
                 "\"true\" when every |cos| is below it. Over all layers and languages, mean |cos| "
                 f"{_fmt(c['mean_abs_cos_all_layers'])}; {c['layers_above_random']} of {c['layers_total']} "
                 "(language, layer) cosines exceed the random quantile.", "",
-                "| language | cos at EN layer | cos at LOC layer | cos of applied pair | max |cos| | verdict |",
-                "|---|---|---|---|---|---|"]
-        for r in c["languages"]:
-            out.append(f"| {r['language']} | {_fmt(r.get('cos_en_layer'), sign=True)} | "
-                       f"{_fmt(r.get('cos_loc_layer'), sign=True)} | {_fmt(r.get('cos_applied_pair'), sign=True)} | "
-                       f"{_fmt(r['max_abs_cos'])} | {r['verdict']} |")
-        out.append("")
+                markdown_table(["language", "cos at EN layer", "cos at LOC layer", "cos of applied pair", "max |cos|",
+                                "verdict"],
+                               [[r["language"], *(_fmt(r.get(f"cos_{where}"), sign=True)
+                                                  for where in ("en_layer", "loc_layer", "applied_pair")),
+                                 _fmt(r["max_abs_cos"]), r["verdict"]] for r in c["languages"]]), ""]
     if not claims["surgical"]:
         out += ["### (d) Surgical improves localization without losing transfer: **not measured**", "",
                 "No `base+surgical`/`cla+surgical` variant with its reference in evaluate.variants.", ""]
@@ -285,20 +282,17 @@ def render_claims(claims: dict) -> str:
         out += [f"### (d) {d['claim']}: **{d['verdict']}**", "",
                 (f"Overall ({o.get('language')}): localization {_cell(o.get('localization'))}, transfer "
                  f"{_cell(o.get('transfer'))}." if o else "") + (f" {d['why']}." if d.get("why") else ""), "",
-                "| language | localization ref -> surgical (diff, p) | above chance | transfer ref -> surgical "
-                "(diff, p) | above chance | verdict |", "|---|---|---|---|---|---|"]
-        for r in d["languages"]:
-            loc, tr = r["localization"], r["transfer"]
-            out.append(f"| {r['language']} | {_cell(loc)} | {'yes' if loc and loc['above_chance'] else 'no'} | "
-                       f"{_cell(tr)} | {'yes' if tr and tr['above_chance'] else 'no'} | {r['verdict']} |")
-        out.append("")
+                markdown_table(["language", "localization ref -> surgical (diff, p)", "above chance",
+                                "transfer ref -> surgical (diff, p)", "above chance", "verdict"],
+                               [[r["language"], *(x for s in (r["localization"], r["transfer"])
+                                                  for x in (_cell(s), "yes" if s and s["above_chance"] else "no")),
+                                 r["verdict"]] for r in d["languages"]]), ""]
     for e in claims["erasure"]:
         o = e["overall"]
         out += [f"### Cultural erasure: {e['claim']}: **{e['verdict']}**", "",
                 f"Metric: {e['metric']}. " + (f"Pooled over {len(e['cells'])} task x language cells: "
                                               f"{_cell(o)}." if o else ""), "",
-                "| task | language | US answer chosen: ref -> EN-steered (diff, p) | chance |", "|---|---|---|---|"]
-        for cell in e["cells"]:
-            out.append(f"| {cell['task']} | {cell['language']} | {_cell(cell)} | {_fmt(cell.get('chance'))} |")
-        out.append("")
+                markdown_table(["task", "language", "US answer chosen: ref -> EN-steered (diff, p)", "chance"],
+                               [[cell["task"], cell["language"], _cell(cell), _fmt(cell.get("chance"))]
+                                for cell in e["cells"]]), ""]
     return "\n".join(out)
