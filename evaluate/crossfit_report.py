@@ -15,7 +15,7 @@ import seaborn as sns
 from .crossfit_stats import NONINFERIORITY_MARGIN
 from .generations import render_generations
 from .plots import facet_axes, figure_legend, save_figure
-from .report import markdown_table, number
+from .tables import markdown_table, number
 from .stats import format_p
 
 

@@ -20,7 +20,7 @@ import torch
 
 from evaluate import experts_verdict as verdicts
 from evaluate.experts_eval import APPLY_TO, LAYER_SUMMARIES, SweepResult, save_hits, sweep
-from evaluate.report import markdown_table
+from evaluate.tables import markdown_table
 
 
 def write_rows(rows, path: str | Path) -> None:

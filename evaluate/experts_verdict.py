@@ -46,7 +46,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from evaluate.experts_eval import LAYER_SUMMARIES
-from evaluate.report import markdown_table
+from evaluate.tables import markdown_table
 from evaluate.stats import holm, stratified_paired_bootstrap
 
 ALPHA = 0.05

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .sampling import stratified_sample
+from .tables import markdown_table
 
 MARKS = ("local", "us", "both", "neither", "gold", "skipped")
 TRANSFER_TASK = "fact_probe"
@@ -215,14 +216,14 @@ def render_generations(rows: Sequence[dict], settings: dict | None = None) -> st
     for lang in dict.fromkeys(r["language"] for r in rows):
         mine = [r for r in rows if r["language"] == lang]
         variants = list(dict.fromkeys(r["variant"] for r in mine))
-        lines += [f"### {lang}", "", "| prompt | answers | " + " | ".join(escape_cell(v) for v in variants) + " |",
-                  "|---|---|" + "---|" * len(variants)]
         cells = {(r["prompt_id"], r["variant"]): r for r in mine}
+        table = []
         for pid in dict.fromkeys(r["prompt_id"] for r in mine):
             first = cells[pid, variants[0]]
             answers = "; ".join(f"{k}: {escape_cell(a)}" for k, a in first["answers"].items())
-            lines.append(f"| {escape_cell(first['prompt'])} (`{escape_cell(pid)}`) | {answers} | "
-                         + " | ".join(_cell(cells[pid, v]) if (pid, v) in cells else "" for v in variants) + " |")
+            table.append([f"{escape_cell(first['prompt'])} (`{escape_cell(pid)}`)", answers,
+                          *(_cell(cells[pid, v]) if (pid, v) in cells else "" for v in variants)])
+        lines += [f"### {lang}", "", markdown_table(["prompt", "answers", *(escape_cell(v) for v in variants)], table)]
         skipped = {r["variant"]: r.get("note") for r in mine if r["mark"] == "skipped"}
         lines += [""] + ([f"Skipped in {lang}: " + "; ".join(f"{v} ({n})" for v, n in skipped.items()) + ".", ""]
                          if skipped else [])

@@ -11,18 +11,7 @@ from typing import Any, Iterable, Sequence
 from .generations import render_generations
 from .outputs import HEADLINE, MEAN
 from .stats import LEVEL, format_p
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A markdown table: the header, its separator line (one ``---`` per column) and one line per row."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def number(x, fmt: str = ".3f") -> str:
-    """``x`` formatted, or ``n/a`` for None and NaN."""
-    return "n/a" if x is None or x != x else format(x, fmt)
+from .tables import markdown_table, number
 
 
 def _ci(r: dict) -> str:

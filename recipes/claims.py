@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from statistics import NormalDist
 
-from evaluate.report import markdown_table
+from evaluate.tables import markdown_table
 from evaluate.stats import LEVEL, format_p
 
 from .artifacts import SteeringResult

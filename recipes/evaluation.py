@@ -39,6 +39,7 @@ from evaluate import generations, plots, report
 from evaluate.outputs import results_csv
 from evaluate.plane import Variant, evaluate_plane
 from evaluate.scoring import NonFiniteScores
+from evaluate.tables import markdown_table
 from interventions.config import InterventionConfig
 from interventions.fsutil import atomic_write
 
@@ -210,7 +211,7 @@ def items_section(results: dict, where: str = ITEM_IDS) -> str:
              f"Every row's `n` counts the items it averages; `{where}` lists their ids per task/language. A plane "
              "score for a language averages its tasks' items in that language (localization: implicit-cue items "
              f"only); the `mean` row pools the items of {', '.join(langs) or 'every language'}.", "",
-             report.markdown_table(["task/language", "items"], sorted(results.get("n_items", {}).items()))]
+             markdown_table(["task/language", "items"], sorted(results.get("n_items", {}).items()))]
     if results["config"].get("evaluated_per_language"):
         lines += ["", "Evaluated one language per work unit (per-language interventions); each prediction's `unit` "
                       "names the language whose interventions steered it; the English control rows come from unit "
