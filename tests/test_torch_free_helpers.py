@@ -36,6 +36,12 @@ def test_recipe_errors_are_one_printable_line():
     assert text == "r\\u202e.yaml: name: expected a plain run name, got 'a\\u2028b\\x1b[31m'"
 
 
+def _run_fresh(code: str) -> None:
+    """Run ``code`` in a fresh interpreter from the project root (nothing imported yet); fail with its stderr."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_torch_free_modules_import_without_torch_and_exports_load_on_use():
     code = ("import sys; import interventions.fsutil, interventions.provenance, recipes.run_dir, recipes.plan; "
             "assert 'torch' not in sys.modules, 'torch loaded'; "
@@ -44,8 +50,7 @@ def test_torch_free_modules_import_without_torch_and_exports_load_on_use():
             "assert set(interventions.__all__) <= set(dir(interventions)); "
             "from recipes.plan import library_version; from interventions.provenance import library_version as v; "
             "assert library_version is v")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_fresh(code)
     import interventions
 
     with pytest.raises(AttributeError, match="no attribute 'steering'"):
@@ -60,5 +65,4 @@ def test_the_steer_export_stays_the_function_after_its_submodule_is_imported():
             "assert inspect.isfunction(steer) and interventions.steer is steer, type(steer); "
             "import importlib; assert importlib.import_module('interventions.steer').steer is steer; "
             "from interventions.steer import steer as direct; assert direct is steer")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_fresh(code)
