@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.language if args.command == "find" else args.languages
     contrast = list(dict.fromkeys(list(args.contrast) + list(targets)))
     ks = [args.k] if args.command == "find" else sorted(set(args.ks))
-    side_ks = [] if args.command == "find" else ks if args.side_effect_ks is None else sorted(set(args.side_effect_ks))
+    from evaluate.experts_eval import side_effect_ks
+
+    side_ks = [] if args.command == "find" else side_effect_ks(args.side_effect_ks, ks)
     if getattr(args, "dry_run", False):
         from evaluate.experts_eval import planned_passes
 

@@ -185,6 +185,14 @@ def unit_sets(rankings_by_pool: Mapping[str, Mapping], ks: Sequence[int], contro
     return out
 
 
+def side_effect_ks(choice, ks: Sequence[int]) -> list[int]:
+    """The ks at which side effects are measured: every k of ``ks`` (``True`` / ``None``: the CLI's flag left out),
+    none (``False`` / an empty list) or the listed ks, sorted and once each."""
+    if choice is None or choice is True:
+        return sorted(set(ks))
+    return sorted(set(choice or []))
+
+
 def planned_passes(n_languages: int, n_pools: int, controls: Sequence[str], ks: Sequence[int],
                    apply_to: Sequence[str], retrieval_n: int, n_find: int = 0, n_contrast: int = 0,
                    side_effect_ks: Sequence[int] = (), n_perplexity: int = 50, n_prompts: int = 30,

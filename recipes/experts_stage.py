@@ -51,17 +51,10 @@ def write_rows_csv(rows: list[dict], path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def _side_effect_ks(side_effects, ks) -> list[int]:
-    """``experts.side_effects``: true (every k), false (none) or the listed ks."""
-    if isinstance(side_effects, list):
-        return sorted(set(side_effects))
-    return list(ks) if side_effects else []
-
-
 def run_experts(ctx, stage, out: Path) -> dict:
     from evaluate import experts_report
     from evaluate.contrasts import flores_experts
-    from evaluate.experts_eval import capacity_problem, pools, unit_sets
+    from evaluate.experts_eval import capacity_problem, pools, side_effect_ks, unit_sets
     from interventions.fsutil import atomic_write
 
     from .errors import RecipeError
@@ -98,7 +91,7 @@ def run_experts(ctx, stage, out: Path) -> dict:
         t1 = time.time()
         report = experts_report.run_report(
             model, tokenizer, by_pool, ks, out, controls=x["controls"], retrieval_n=x["retrieval_n"],
-            apply_to=x["apply_to"], side_effect_ks=_side_effect_ks(x["side_effects"], ks), seed=x["seed"],
+            apply_to=x["apply_to"], side_effect_ks=side_effect_ks(x["side_effects"], ks), seed=x["seed"],
             batch_size=ctx.recipe.evaluate.batch_size, meta={"model": ctx.recipe.model.name, "stage": "experts", **x})
         rows = report["rows"]
         write_rows_csv(rows, out / "retrieval.csv")

@@ -200,15 +200,16 @@ def test_stage_refuses_unmatchable_controls_before_finding(tmp_path, monkeypatch
 
 
 def test_side_effects_at_listed_ks_only():
-    from recipes.experts_stage import _side_effect_ks
+    from evaluate.experts_eval import side_effect_ks
 
     with pytest.raises(RecipeError, match=r"experts\.side_effects.*\[5, 10\].*\[20\]"):
         recipe_from_dict({"experts": {"enabled": True, "ks": [5, 10], "side_effects": [20]}})
     with pytest.raises(RecipeError, match=r"experts\.side_effects"):
         recipe_from_dict({"experts": {"enabled": True, "k": 10, "side_effects": []}})
     recipe_from_dict({"experts": {"enabled": True, "k": 10, "side_effects": [10]}})  # ks default to [k]
-    assert _side_effect_ks([10, 5, 10], [5, 10, 20]) == [5, 10]
-    assert _side_effect_ks(True, [5, 10]) == [5, 10] and _side_effect_ks(False, [5, 10]) == []
+    assert side_effect_ks([10, 5, 10], [5, 10, 20]) == [5, 10]
+    assert side_effect_ks(True, [5, 10]) == [5, 10] and side_effect_ks(False, [5, 10]) == []
+    assert side_effect_ks(None, [10, 5]) == [5, 10] and side_effect_ks([], [5, 10]) == []  # the CLI's flag
 
 
 def test_shipped_recipe_plans_the_readme_command(tmp_path):
@@ -216,17 +217,18 @@ def test_shipped_recipe_plans_the_readme_command(tmp_path):
     forward passes (languages, pools, controls, ks, modes, n, side-effect ks)."""
     from evaluate.experts import _parser
     from evaluate.experts_eval import planned_passes
-    from recipes.experts_stage import _side_effect_ks
+    from evaluate.experts_eval import side_effect_ks
 
     x = make_plan(load_recipe(SHIPPED), tmp_path).stages["experts"].config
     contrast = x["contrast"]
     recipe = planned_passes(len(x["languages"]), len(x["components"]) if x["separate_components"] else 1,
                             x["controls"], x["ks"], x["apply_to"], x["retrieval_n"], x["n"], len(contrast),
-                            _side_effect_ks(x["side_effects"], x["ks"]))
+                            side_effect_ks(x["side_effects"], x["ks"]))
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     line = next(l for l in readme.splitlines() if l.startswith("python -m evaluate.experts report --languages ar es id ko zh"))
     args = _parser().parse_args(line.split()[3:])
     cli = planned_passes(len(args.languages), len(args.components) if args.per_component else 1, args.controls,
                          sorted(set(args.ks)), args.apply_to, args.retrieval_n, args.n,
-                         len(dict.fromkeys(args.contrast + args.languages)), args.side_effect_ks)
+                         len(dict.fromkeys(args.contrast + args.languages)),
+                         side_effect_ks(args.side_effect_ks, args.ks))
     assert recipe == cli and recipe["retrieval_steered"] == 48_000
